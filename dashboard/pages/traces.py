@@ -1,0 +1,266 @@
+"""Traces page: load a trace file, browse its chains and their step labels, and plot the model's
+per-step baseline signals (entropy, NLL, min token probability) with hallucinated steps marked.
+
+Thin by design: reading files, scoring and metrics are `core` calls made through
+`dashboard.state` (cached); tables and figures come from `dashboard.charts`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.metrics import auroc
+from core.steps import SEGMENT_MODES
+from core.traces import Trace, TraceLoad
+from dashboard import charts, state
+from dashboard.sidebar import request_model
+
+SAMPLE_KEY = "traces_sample"
+UPLOAD_KEY = "traces_upload"
+MODE_KEY = "traces_segment_mode"
+PATTERN_KEY = "traces_segment_pattern"
+CHAIN_KEY = "traces_chain"
+ALL_CHAINS_KEY = "traces_score_all"
+SIGNAL_KEY = "traces_signal"
+PLOT_CHAIN_KEY = "traces_plot_chain"
+MAX_ISSUES_SHOWN = 200
+MODE_HELP = {
+    "lines": "one step per non-blank line",
+    "sentences": "one step per sentence (and per line)",
+    "numbered": "a step starts at '1.', '2)', 'Step 3:' ...",
+    "regex": "a step starts where your pattern matches",
+}
+
+
+def choose_file() -> tuple[str, bytes] | None:
+    """The trace file to show: an upload wins over the chosen sample. (name, bytes) or None."""
+    samples = {path.name: path for path in state.sample_files()}
+    left, right = st.columns(2)
+    with right:
+        upload = st.file_uploader(
+            "Upload a trace file (JSONL)", type=["jsonl", "json"], key=UPLOAD_KEY,
+            help="One chain per line: {\"id\", \"prompt\", \"steps\": [{\"text\", \"label\"}] "
+                 "or \"response\", \"is_correct\", ...}; labels 0, 1 or null.")
+    with left:
+        if samples:
+            sample = st.selectbox("Sample trace file", list(samples), key=SAMPLE_KEY,
+                                  disabled=upload is not None,
+                                  help="Files in sample_traces/, made by `make sample-traces`.")
+        else:
+            sample = None
+            st.info("No sample file in sample_traces/ (run `make sample-traces`); upload a file.")
+    if upload is not None:
+        return upload.name, upload.getvalue()
+    if sample is not None:
+        return sample, samples[sample].read_bytes()
+    return None
+
+
+def choose_segmenter() -> tuple[str, str | None]:
+    """How responses given as one string are cut into steps (files with step lists ignore it)."""
+    with st.expander("Step splitting (for chains given as one `response` string)"):
+        mode = st.selectbox("Split responses into steps by", SEGMENT_MODES, key=MODE_KEY,
+                            format_func=lambda m: f"{m}: {MODE_HELP.get(m, '')}")
+        pattern = None
+        if mode == "regex":
+            pattern = st.text_input("Step-start pattern (Python regex, ^ = line start)",
+                                    value=r"^(?:First|Then|Next|Finally)\b", key=PATTERN_KEY)
+    return mode, pattern
+
+
+def report_issues(load: TraceLoad, name: str) -> None:
+    """How many lines were skipped and why, naming each line and field."""
+    if not load.issues:
+        return
+    st.warning(f"{len(load.issues)} problem(s) in {name}: {load.n_skipped} line(s) skipped, "
+               f"{len(load.traces)} valid chain(s) loaded.")
+    with st.expander(f"Problems in {name}"):
+        shown = load.issues[:MAX_ISSUES_SHOWN]
+        st.markdown("\n".join(f"- {issue}" for issue in shown))
+        if len(load.issues) > len(shown):
+            st.caption(f"... and {len(load.issues) - len(shown)} more.")
+
+
+def show_summary(table: pd.DataFrame) -> None:
+    counts = charts.summary_counts(table)
+    cols = st.columns(5)
+    cols[0].metric("chains", counts["chains"])
+    cols[1].metric("steps", counts["steps"])
+    cols[2].metric("labelled steps", counts["labelled_steps"])
+    rate = counts["hallucinated_rate"]
+    cols[3].metric("hallucinated-step rate", "n/a" if rate is None else f"{rate:.1%}",
+                   help="steps labelled 1 / steps with a label")
+    correct = counts["correct_rate"]
+    cols[4].metric("final answer correct", "n/a" if correct is None else f"{correct:.1%}",
+                   help="among chains whose is_correct is known")
+
+
+def show_chain_table(table: pd.DataFrame, stem: str) -> None:
+    st.subheader("Chains")
+    st.dataframe(table, hide_index=True, height=min(38 + 35 * len(table), 320), column_config={
+        "id": st.column_config.TextColumn("id"),
+        "problem_id": st.column_config.TextColumn("problem"),
+        "labelled_steps": st.column_config.NumberColumn("labelled steps"),
+        "hallucinated_steps": st.column_config.NumberColumn("hallucinated steps"),
+        "hallucinated_rate": st.column_config.NumberColumn("hallucinated-step rate",
+                                                           format="percent"),
+        "is_correct": st.column_config.CheckboxColumn("answer correct"),
+    })
+    st.download_button("Download the chain table (CSV)", table.to_csv(index=False),
+                       file_name=f"{stem}-chains.csv", mime="text/csv")
+
+
+def highlight_hallucinated(row: pd.Series) -> list[str]:
+    colour = "background-color: rgba(228, 87, 86, 0.18)" if row["label"] == charts.HALLUCINATED \
+        else ""
+    return [colour] * len(row)
+
+
+def show_chain(trace: Trace) -> None:
+    """The prompt, the outcome and the labelled steps of one chain."""
+    left, right = st.columns([2, 3])
+    with left:
+        st.markdown("**Prompt**")
+        with st.container(border=True):
+            st.text(trace.prompt or "(empty prompt)")
+        outcome = {True: "correct", False: "wrong", None: "unknown"}[trace.is_correct]
+        st.caption(f"answer: {trace.answer or '-'} · gold: {trace.gold or '-'} · "
+                   f"final answer {outcome} · source: {trace.source or '-'}")
+    with right:
+        st.markdown(f"**Steps** ({trace.n_steps}; hallucinated steps highlighted)")
+        steps = charts.steps_table(trace).rename(columns={"prefix_label": "prefix"})
+        # a static table, so long steps wrap instead of being cut off
+        st.table(steps.style.apply(highlight_hallucinated, axis=1).format(na_rep="-"),
+                 hide_index=True, border="horizontal")
+
+
+def ask_for_signals(file_hash: str, segmenter: tuple[str, str | None], ids: list[str],
+                    selected: str) -> None:
+    """The chains to score and the "Compute signals" button; a press stores a request and
+    reruns, so the sidebar loads the model (and shows its card) before scoring starts."""
+    left, right = st.columns([3, 1])
+    score_all = right.checkbox(f"all {len(ids)} chains", key=ALL_CHAINS_KEY)
+    chosen = left.multiselect("Chains to score", ids, default=[selected], disabled=score_all)
+    if st.button("Compute signals", type="primary", disabled=not (score_all or chosen)):
+        if state.model_choice() is None:
+            request_model()  # the model typed in the sidebar
+        choice = state.model_choice()
+        assert choice is not None
+        state.set_signals_request(state.SignalsRequest(
+            choice.as_tuple(), file_hash, segmenter, tuple(ids if score_all else chosen)))
+        st.rerun()
+
+
+def current_signals(file_hash: str, segmenter: tuple[str, str | None],
+                    traces: list[Trace]) -> pd.DataFrame | None:
+    """The requested signals for this file and model (computed with a progress bar, or from the
+    cache), or None with a note saying what to do."""
+    request = state.signals_request()
+    if request is None or request.file_hash != file_hash or request.segmenter != segmenter:
+        st.info("Pick chains and press **Compute signals** to score each step with the model.")
+        return None
+    choice = state.model_choice()
+    if choice is None:
+        st.warning("Signals need a model: load one in the sidebar, then press "
+                   "**Compute signals** again.")
+        return None
+    if choice.as_tuple() != request.model:
+        st.info("The model changed since the last scoring: press **Compute signals** again.")
+        return None
+    bar = st.progress(0.0, text="Scoring chains ...")
+
+    def report(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Scored {done} of {total} chain(s)")
+
+    try:
+        table = state.compute_signals(request, traces, progress=report)
+    except Exception as error:  # noqa: BLE001 - shown as a sentence, the page keeps working
+        bar.empty()
+        st.error(f"Scoring failed: {type(error).__name__}: {error}")
+        return None
+    bar.empty()
+    known = {trace.id for trace in traces}
+    unscored = [t for t in request.trace_ids if t in known and t not in set(table["trace_id"])]
+    if table.empty:
+        st.warning("No requested chain could be scored (too long for the model, or a step "
+                   "without tokens of its own).")
+        return None
+    if unscored:
+        st.caption(f"{len(unscored)} chain(s) could not be scored (too long for the model, or a "
+                   f"step without tokens of its own): {', '.join(unscored[:10])}.")
+    return table
+
+
+def show_signals(table: pd.DataFrame, selected: str, stem: str) -> None:
+    """The step chart of one chain, the signal by label over all scored steps, downloads."""
+    loaded = state.current_model()
+    if loaded is not None:
+        st.caption(f"Signals from **{loaded.name}** ({loaded.device}, {loaded.dtype}), reading "
+                   "each chain teacher-forced; NLL and entropy in nats.")
+    left, right = st.columns(2)
+    signal = left.selectbox("Signal", list(charts.SIGNAL_TITLES), key=SIGNAL_KEY,
+                            format_func=lambda s: charts.SIGNAL_TITLES[s])
+    scored = list(dict.fromkeys(table["trace_id"]))
+    chain = right.selectbox("Chain to plot", scored, key=PLOT_CHAIN_KEY,
+                            index=scored.index(selected) if selected in scored else 0)
+    st.plotly_chart(charts.step_signal_figure(table, signal, chain), key="step_signal_chart")
+    labels, scores = charts.labelled_scores(table, signal)
+    area = auroc(labels, scores) if labels else None
+    if area is not None:
+        chart_col, note_col = st.columns([3, 1])
+        chart_col.plotly_chart(charts.signal_by_label_figure(table, signal),
+                               key="signal_by_label_chart")
+        note_col.metric("AUROC", f"{area:.3f}",
+                        help="How well this signal alone ranks hallucinated steps above "
+                             "correct ones (1 = perfectly, 0.5 = chance).")
+        note_col.caption(f"hallucinated vs correct steps, over the {len(labels)} labelled "
+                         "steps scored so far; 0.5 = chance.")
+    st.download_button("Download the signal table (CSV)", table.to_csv(index=False),
+                       file_name=f"{stem}-signals.csv", mime="text/csv")
+
+
+def render() -> None:
+    """The page (run by `st.navigation` in dashboard/app.py)."""
+    st.title("Traces")
+    st.caption("Chains of thought with step labels: browse them, then see how sure the model "
+               "was at every step.")
+    chosen = choose_file()
+    if chosen is None:
+        return
+    name, data = chosen
+    mode, pattern = choose_segmenter()
+    try:
+        load = state.read_trace_file(data, name, mode, pattern)
+    except ValueError as error:  # a bad segmenting pattern; file content never raises
+        st.error(str(error))
+        return
+    report_issues(load, name)
+    if not load.traces:
+        st.info(f"{name} holds no valid chain ({load.n_lines} line(s) read). Each line must be a "
+                "JSON object with a 'prompt' and 'steps' or 'response'.")
+        return
+    stem = Path(name).stem
+    table = charts.chain_table(load.traces)
+    show_summary(table)
+    show_chain_table(table, stem)
+
+    st.subheader("Chain")
+    ids = [trace.id for trace in load.traces]
+    by_id = {trace.id: trace for trace in load.traces}
+    selected = st.selectbox("Chain to inspect", ids, key=CHAIN_KEY, format_func=lambda i: (
+        f"{i} ({by_id[i].n_steps} steps, "
+        f"{sum(label == 1 for label in by_id[i].step_labels)} hallucinated)"))
+    if selected not in by_id:  # the file changed under a kept selection
+        selected = ids[0]
+    show_chain(by_id[selected])
+
+    st.subheader("Per-step signals")
+    file_hash = state.content_hash(data)
+    segmenter = (mode, pattern)
+    ask_for_signals(file_hash, segmenter, ids, selected)
+    signals = current_signals(file_hash, segmenter, load.traces)
+    if signals is not None:
+        show_signals(signals, selected, stem)

@@ -1,0 +1,213 @@
+"""The dashboard's figures and tables, built from small hand-made inputs and checked by value."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from dashboard.charts import (
+    SIGNAL_TITLES,
+    chain_table,
+    hover_text,
+    label_name,
+    labelled_scores,
+    signal_by_label_figure,
+    step_signal_figure,
+    steps_table,
+    summary_counts,
+)
+
+
+@dataclass(frozen=True)
+class FakeStep:
+    text: str
+    label: int | None
+    prefix_label: int | None = None
+
+
+@dataclass(frozen=True)
+class FakeTrace:
+    id: str
+    problem_id: str | None
+    steps: tuple[FakeStep, ...]
+    is_correct: bool | None
+
+
+def signals() -> pd.DataFrame:
+    """Chain a: steps 0 (correct), 1 (hallucinated), 2 (unlabelled); chain b: two steps."""
+    return pd.DataFrame({
+        "trace_id": ["a", "a", "a", "b", "b"],
+        "step": [0, 1, 2, 0, 1],
+        "text": ["3 + 4 = 7", "7 * 2 = 15", "Answer: 15", "1 + 1 = 2", "<b>2</b> & 2"],
+        "label": [0, 1, None, 0, 1],
+        "prefix_label": [0, 1, 1, 0, 1],
+        "n_tokens": [6, 6, 4, 6, 6],
+        "mean_entropy": [0.5, 2.0, 1.0, 0.1, 0.2],
+        "mean_nll": [0.3, 1.5, 0.7, 0.05, 0.9],
+        "max_nll": [0.9, 4.0, 1.2, 0.1, 2.0],
+        "min_prob": [math.exp(-0.9), math.exp(-4.0), math.exp(-1.2), math.exp(-0.1),
+                     math.exp(-2.0)],
+    })
+
+
+def bars(fig: go.Figure) -> dict[str, go.Bar]:
+    return {t.name: t for t in fig.data if isinstance(t, go.Bar)}
+
+
+def test_signal_titles_cover_core_signals() -> None:
+    from core.signals import SIGNAL_NAMES
+
+    assert set(SIGNAL_TITLES) == set(SIGNAL_NAMES)
+
+
+@pytest.mark.parametrize("label, name", [(0, "correct"), (1, "hallucinated"), (None, "unlabelled"),
+                                         (float("nan"), "unlabelled"), (1.0, "hallucinated")])
+def test_label_name(label: object, name: str) -> None:
+    assert label_name(label) == name
+
+
+def test_step_figure_one_bar_per_step_coloured_by_label() -> None:
+    fig = step_signal_figure(signals(), "mean_nll", trace_id="a")
+    by_name = bars(fig)
+    assert set(by_name) == {"correct step", "hallucinated step", "unlabelled step"}
+    assert list(by_name["correct step"].x) == [0] and list(by_name["correct step"].y) == [0.3]
+    assert list(by_name["hallucinated step"].x) == [1]
+    assert list(by_name["hallucinated step"].y) == [1.5]
+    assert list(by_name["unlabelled step"].x) == [2]
+    assert by_name["hallucinated step"].marker.color != by_name["correct step"].marker.color
+    assert by_name["hallucinated step"].marker.line.width > 0  # outlined
+    assert by_name["correct step"].marker.line.width == 0
+    assert {t.width for t in by_name.values()} == {0.7}  # same width whatever the x spacing
+
+
+def test_step_figure_marks_exactly_the_hallucinated_steps() -> None:
+    fig = step_signal_figure(signals(), "max_nll", trace_id="a")
+    markers = [t for t in fig.data if isinstance(t, go.Scatter)]
+    assert len(markers) == 1
+    assert list(markers[0].x) == [1]
+    assert markers[0].y[0] > 4.0  # above the tallest bar
+
+
+def test_step_figure_without_hallucinated_steps_has_no_marker() -> None:
+    df = signals()
+    df.loc[df["trace_id"] == "a", "label"] = 0
+    fig = step_signal_figure(df, "mean_nll", trace_id="a")
+    assert not [t for t in fig.data if isinstance(t, go.Scatter)]
+    assert list(bars(fig)) == ["correct step"]
+    assert list(bars(fig)["correct step"].x) == [0, 1, 2]
+
+
+def test_step_figure_only_shows_the_chosen_chain_and_signal() -> None:
+    fig = step_signal_figure(signals(), "min_prob", trace_id="b")
+    by_name = bars(fig)
+    assert list(by_name["correct step"].y) == pytest.approx([math.exp(-0.1)])
+    assert list(by_name["hallucinated step"].y) == pytest.approx([math.exp(-2.0)])
+    assert fig.layout.yaxis.title.text == "min token probability"
+    assert "lower = less sure" in fig.layout.title.text
+
+
+def test_step_figure_hover_shows_escaped_step_text() -> None:
+    fig = step_signal_figure(signals(), "mean_entropy", trace_id="b")
+    bad = bars(fig)["hallucinated step"]
+    assert list(bad.customdata) == ["&lt;b&gt;2&lt;/b&gt; &amp; 2"]
+    assert "%{customdata}" in bad.hovertemplate
+    good = bars(fig)["correct step"]
+    assert list(good.customdata) == ["1 + 1 = 2"]
+
+
+def test_step_figure_steps_sorted_even_if_rows_are_not() -> None:
+    df = signals().iloc[::-1]
+    df.loc[:, "label"] = 0
+    fig = step_signal_figure(df, "mean_nll", trace_id="a")
+    assert list(bars(fig)["correct step"].x) == [0, 1, 2]
+    assert list(bars(fig)["correct step"].y) == [0.3, 1.5, 0.7]
+
+
+def test_step_figure_rejects_unknown_signal_and_chain() -> None:
+    with pytest.raises(ValueError, match="Unknown signal"):
+        step_signal_figure(signals(), "loudness", trace_id="a")
+    with pytest.raises(ValueError, match="no step of chain 'zz'"):
+        step_signal_figure(signals(), "mean_nll", trace_id="zz")
+    with pytest.raises(ValueError, match="lacks the column"):
+        step_signal_figure(signals().drop(columns=["text"]), "mean_nll", trace_id="a")
+
+
+def test_hover_text_wraps_long_steps() -> None:
+    text = "word " * 40
+    wrapped = hover_text(text, width=30)
+    assert all(len(line) <= 30 for line in wrapped.split("<br>"))
+    assert wrapped.replace("<br>", " ").split() == text.split()
+
+
+def test_signal_by_label_figure_groups_steps() -> None:
+    fig = signal_by_label_figure(signals(), "mean_nll")
+    boxes = {t.name: t for t in fig.data}
+    assert set(boxes) == {"correct (2)", "hallucinated (2)", "unlabelled (1)"}
+    assert sorted(boxes["hallucinated (2)"].y) == [0.9, 1.5]
+    assert sorted(boxes["correct (2)"].y) == [0.05, 0.3]
+    assert [row[0] for row in boxes["hallucinated (2)"].customdata] == ["a", "b"]
+
+
+def test_chain_table_counts_and_rates() -> None:
+    traces = [
+        FakeTrace("a", "p1", (FakeStep("x", 0), FakeStep("y", 1), FakeStep("z", None),
+                              FakeStep("w", 1)), False),
+        FakeTrace("b", "p1", (FakeStep("x", None),), None),
+        FakeTrace("c", "p2", (FakeStep("x", 0), FakeStep("y", 0)), True),
+    ]
+    table = chain_table(traces)
+    assert list(table.columns) == ["id", "problem_id", "steps", "labelled_steps",
+                                   "hallucinated_steps", "hallucinated_rate", "is_correct"]
+    assert table["steps"].tolist() == [4, 1, 2]
+    assert table["labelled_steps"].tolist() == [3, 0, 2]
+    assert table["hallucinated_steps"].tolist() == [2, 0, 0]
+    assert table.loc[0, "hallucinated_rate"] == pytest.approx(2 / 3)
+    assert table["hallucinated_rate"].isna().tolist() == [False, True, False]
+    assert table.loc[2, "hallucinated_rate"] == 0.0
+    assert table["is_correct"].tolist() == [False, None, True]
+
+
+def test_chain_table_empty() -> None:
+    assert chain_table([]).empty
+    assert list(chain_table([]).columns)[0] == "id"
+
+
+def test_steps_table_names_labels() -> None:
+    trace = FakeTrace("a", "p1", (FakeStep("x", 0, 0), FakeStep("y", 1, 1),
+                                  FakeStep("z", None, None)), None)
+    table = steps_table(trace)
+    assert table["label"].tolist() == ["correct", "hallucinated", "unlabelled"]
+    assert table["text"].tolist() == ["x", "y", "z"]
+    assert table["step"].tolist() == [0, 1, 2]
+
+
+def test_summary_counts_pool_all_chains() -> None:
+    traces = [
+        FakeTrace("a", "p1", (FakeStep("x", 0), FakeStep("y", 1), FakeStep("z", None)), False),
+        FakeTrace("b", "p2", (FakeStep("x", 1),), None),
+        FakeTrace("c", "p3", (FakeStep("x", 0), FakeStep("y", 0)), True),
+    ]
+    counts = summary_counts(chain_table(traces))
+    assert counts["chains"] == 3 and counts["steps"] == 6
+    assert counts["labelled_steps"] == 5 and counts["hallucinated_steps"] == 2
+    assert counts["hallucinated_rate"] == pytest.approx(2 / 5)  # pooled, not a mean of rates
+    assert counts["correct_rate"] == pytest.approx(1 / 2)  # chain b's outcome is unknown
+
+
+def test_summary_counts_without_labels() -> None:
+    counts = summary_counts(chain_table([FakeTrace("a", None, (FakeStep("x", None),), None)]))
+    assert counts["hallucinated_rate"] is None and counts["correct_rate"] is None
+    assert summary_counts(chain_table([]))["chains"] == 0
+
+
+def test_labelled_scores_skip_unlabelled_and_orient_min_prob() -> None:
+    labels, scores = labelled_scores(signals(), "max_nll")
+    assert labels == [0, 1, 0, 1] and scores == [0.9, 4.0, 0.1, 2.0]
+    labels, scores = labelled_scores(signals(), "min_prob")
+    assert labels == [0, 1, 0, 1]
+    assert scores == pytest.approx([-math.exp(-0.9), -math.exp(-4.0), -math.exp(-0.1),
+                                    -math.exp(-2.0)])

@@ -1,0 +1,212 @@
+"""Probes, tracker training, probe files, layer choice and the evaluation report, on synthetic
+captures with a planted hallucination direction (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.evaluation import evaluation_report, score_capture
+from core.feature_store import CaptureSet
+from core.probe_training import TrainConfig, split_by_problem, train_probes
+from core.probes import (
+    ChainFeatures,
+    LinearProbe,
+    ProbeBundle,
+    ProbeMeta,
+    TrackerConfig,
+    anchor_weights,
+    fit_logistic,
+    load_probe,
+    save_probe,
+    tracker_loss,
+    train_tracker,
+)
+
+HIDDEN = 16
+
+
+def _planted(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=HIDDEN)
+    direction /= np.linalg.norm(direction)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, HIDDEN)) * 0.3 + np.outer(2 * y - 1, direction) * 1.5
+    return x, y, direction
+
+
+def test_fit_logistic_recovers_a_planted_direction() -> None:
+    x, y, direction = _planted(2000)
+    probe = fit_logistic(x, y)
+    cosine = probe.weight @ direction / np.linalg.norm(probe.weight)
+    assert cosine > 0.99
+    assert ((probe.scores(x) > 0.5) == y).mean() > 0.97
+
+
+def test_fit_logistic_rejects_one_class() -> None:
+    x, _, _ = _planted(20)
+    with pytest.raises(ValueError, match="single class"):
+        fit_logistic(x, np.zeros(20))
+
+
+def test_anchor_weights_put_lambda_on_the_last_known_step() -> None:
+    np.testing.assert_array_equal(anchor_weights(np.array([0.0, 1.0, 1.0]), 30.0), [1, 1, 30])
+    np.testing.assert_array_equal(anchor_weights(np.array([np.nan, np.nan, 1.0]), 30.0),
+                                  [0, 0, 30])
+
+
+def test_sync_loss_punishes_only_a_missed_alarm() -> None:
+    labels = torch.tensor([0.0, 0.0])
+    zero_w = torch.zeros(2)  # anchor off: only L_sync remains
+    step = torch.tensor([0.9, 0.2])
+    # prefix 0.5 < step 0.9 at t=0 (missed alarm); prefix 0.5 > step 0.2 at t=1 (no penalty)
+    logits = torch.logit(torch.tensor([0.5, 0.5], dtype=torch.float64)).float()
+    loss = tracker_loss(logits, labels, zero_w, step, lambda_sync=1.0)
+    expected = ((0.9 - 0.5) ** 2 * 0.9**2 + 0.0) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    high = torch.logit(torch.tensor([0.95, 0.95])).float()
+    assert tracker_loss(high, labels, zero_w, step, 1.0).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def _chains(n_chains: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(features, step labels, prefix labels): the state turns bad at a random step."""
+    rng = np.random.default_rng(seed)
+    direction = np.zeros(HIDDEN)
+    direction[0] = 1.0
+    out = []
+    for _ in range(n_chains):
+        steps = int(rng.integers(3, 9))
+        onset = int(rng.integers(0, steps + 3))  # past the end: a clean chain
+        prefix = (np.arange(steps) >= onset).astype(float)
+        step_labels = (np.arange(steps) == onset).astype(float)
+        x = rng.normal(size=(steps, HIDDEN)) * 0.5 + np.outer(prefix, direction) * 2.0 + 0.2
+        out.append((x, step_labels, prefix))
+    return out
+
+
+def test_tracker_learns_the_running_state() -> None:
+    chains = [ChainFeatures(x, None, p) for x, _, p in _chains(120, 0)]
+    tracker = train_tracker(chains, TrackerConfig(epochs=5))
+    test = _chains(60, 1)
+    scores = np.concatenate([tracker.scores(x) for x, _, _ in test])
+    labels = np.concatenate([p for _, _, p in test])
+    from core.metrics import auroc
+
+    assert auroc(labels.astype(int), scores) > 0.95
+
+
+def test_tracker_with_step_input_takes_an_extra_column() -> None:
+    data = _chains(40, 2)
+    chains = [ChainFeatures(x, np.clip(s * 0.9 + 0.05, 0, 1), p) for x, s, p in data]
+    tracker = train_tracker(chains, TrackerConfig(epochs=2, step_input=True))
+    assert tracker.extra_inputs == 1 and tracker.weight.shape == (HIDDEN + 1,)
+    with pytest.raises(ValueError, match="step score"):
+        tracker.scores(data[0][0])
+
+
+def _capture(n_chains: int = 150, signal_layer: int = 2) -> CaptureSet:
+    """A capture with layers 1..3 where only `signal_layer` carries the planted direction."""
+    data = _chains(n_chains, 3)
+    rng = np.random.default_rng(4)
+    rows, feats = [], {}
+    for c, (x, step_y, prefix_y) in enumerate(data):
+        for t in range(len(x)):
+            rows.append({"trace_id": f"t{c}", "problem_id": f"p{c // 3}", "step": t,
+                         "label": step_y[t], "prefix_label": prefix_y[t],
+                         "is_correct": bool(prefix_y[-1] == 0),
+                         "mean_entropy": rng.random(), "mean_nll": rng.random(),
+                         "max_nll": rng.random(), "min_prob": rng.random()})
+    stacked = np.concatenate([x for x, _, _ in data])
+    step_feat = stacked.copy()
+    step_feat[:, 1] += np.concatenate([s for _, s, _ in data]) * 3.0  # the step signal
+    noise = rng.normal(size=stacked.shape)
+    for layer in (1, 2, 3):
+        good = layer == signal_layer
+        for pooling in ("exp", "causal", "prefix_mean"):
+            base = step_feat if pooling == "exp" else stacked
+            feats[(layer, pooling)] = (base if good else noise).astype(np.float32)
+    manifest = {"model": "synthetic", "model_name": "synthetic", "hidden_size": HIDDEN,
+                "layers": [1, 2, 3], "traces_hash": "abc"}
+    return CaptureSet(index=pd.DataFrame(rows), features=feats, manifest=manifest)
+
+
+def test_split_by_problem_never_shares_a_problem() -> None:
+    capture = _capture(60)
+    train, val = split_by_problem(capture.index, 0.25, seed=1)
+    problems = capture.index.drop_duplicates("trace_id").set_index("trace_id")["problem_id"]
+    assert set(problems[train]).isdisjoint(set(problems[val]))
+    assert len(train) + len(val) == 60 and val
+
+
+def test_sweep_picks_the_layer_with_the_signal_and_beats_noise() -> None:
+    capture = _capture(150, signal_layer=2)
+    config = TrainConfig(tracker=TrackerConfig(epochs=3))
+    result = train_probes(capture, [1, 2, 3], config)
+    assert result.bundle.meta.layer == 2
+    sweep = result.sweep.set_index("layer")
+    assert sweep.loc[2, "step_auroc"] > 0.9 > sweep.loc[1, "step_auroc"]
+    assert 0 < result.bundle.meta.threshold < 1
+    report = evaluation_report(score_capture(result.bundle, capture), result.bundle.meta.threshold)
+    assert report["step_auroc"] > report["baselines"]["mean_entropy"]["step_auroc"]
+    assert set(report["dynamic"]) == {"Snap_M", "Lag", "ICR", "Brake_S", "Ling_T", "Heal_3",
+                                      "R_Score", "FP_Len"}
+
+
+def test_report_without_step_labels_gives_null_not_zero() -> None:
+    capture = _capture(90)
+    index = capture.index.copy()
+    index["label"] = np.nan
+    last = index.groupby("trace_id")["step"].transform("max") == index["step"]
+    index.loc[~last, "prefix_label"] = np.nan  # outcome-only supervision
+    outcome_only = CaptureSet(index=index, features=capture.features, manifest=capture.manifest)
+    result = train_probes(outcome_only, [2], TrainConfig(tracker=TrackerConfig(epochs=2)))
+    assert result.bundle.step is None
+    report = evaluation_report(score_capture(result.bundle, outcome_only), 0.5)
+    assert report["step_auroc"] is None and report["step_auprc"] is None
+    assert report["final_auroc"] is not None
+    assert report["dynamic"]["Lag"] is None
+
+
+def _bundle(hidden: int = HIDDEN) -> ProbeBundle:
+    rng = np.random.default_rng(0)
+    meta = ProbeMeta(model="m", model_name="m", hidden_size=hidden, layer=3, step_pooling="exp",
+                     tracker_pooling="causal", baseline_pooling="prefix_mean", step_input=True,
+                     threshold=0.4, step_threshold=0.6, data_hash="h",
+                     metrics={"validation": {"step_auroc": 0.8}})
+    return ProbeBundle(meta=meta, tracker=LinearProbe(rng.normal(size=hidden + 1), 0.1, 1),
+                       step=LinearProbe(rng.normal(size=hidden), -0.2))
+
+
+def test_probe_file_round_trip(tmp_path) -> None:
+    bundle = _bundle()
+    weights, meta = save_probe(tmp_path / "p", bundle)
+    assert weights.name == "p.safetensors" and meta.name == "p.json"
+    loaded = load_probe(tmp_path / "p.safetensors")
+    assert loaded.meta == bundle.meta
+    np.testing.assert_array_equal(loaded.tracker.weight, bundle.tracker.weight)
+    assert loaded.tracker.extra_inputs == 1 and loaded.baseline_step is None
+    x = np.random.default_rng(1).normal(size=(4, HIDDEN))
+    a = bundle.score_chain({"exp": x, "causal": x, "prefix_mean": x})
+    b = loaded.score_chain({"exp": x, "causal": x, "prefix_mean": x})
+    np.testing.assert_allclose(a["prefix"], b["prefix"])
+
+
+def test_probe_for_another_model_is_a_clear_error(tmp_path) -> None:
+    bundle = _bundle()
+    with pytest.raises(ValueError, match="hidden size 16.*hidden size 576"):
+        bundle.check_model("default", 576)
+    save_probe(tmp_path / "p", bundle)
+    sidecar = json.loads((tmp_path / "p.json").read_text())
+    sidecar["hidden_size"] = 32
+    (tmp_path / "p.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match="expected 32"):
+        load_probe(tmp_path / "p")
+    (tmp_path / "p.json").write_text("{not json")
+    with pytest.raises(ValueError, match="p.json is not valid"):
+        load_probe(tmp_path / "p")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_probe(tmp_path / "missing")
