@@ -5,8 +5,8 @@ Two halves:
   intermediate value a positive integer below 10,000), each carrying its operations as a
   structured record so the gold answer can be recomputed independently;
 - a labeller for a model's "one calculation per line" answer. Step label 1 when a line states
-  a false calculation or uses a number that is neither in the problem nor stated in an earlier
-  step; 0 otherwise. Prefix labels follow the paper's convention (see `prefix_labels`).
+  a false calculation or uses a number that is neither in the problem nor an earlier
+  result; 0 otherwise. Prefix labels follow the paper's convention (see `prefix_labels`).
 
 Why rule-based: a small model's arithmetic is checkable exactly, so every step gets a label
 without a judge model.
@@ -109,13 +109,14 @@ _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
           "*": lambda a, b: a * b, "/": lambda a, b: a // b}
 
 
-def _next_operation(rng: random.Random, current: int) -> tuple[str, int]:
-    """Pick (op, b) among the operations that keep the value a positive integer < MAX_VALUE."""
+def _next_operation(rng: random.Random, current: int, max_number: int) -> tuple[str, int]:
+    """Pick (op, b) among the operations that keep the value a positive integer < MAX_VALUE;
+    added and subtracted amounts are at most `max_number`."""
     choices: list[tuple[str, int]] = []
     if current + 2 < MAX_VALUE:
-        choices.append(("+", rng.randint(2, min(99, MAX_VALUE - 1 - current))))
+        choices.append(("+", rng.randint(2, min(max_number, MAX_VALUE - 1 - current))))
     if current >= 2:
-        choices.append(("-", rng.randint(1, min(99, current - 1))))
+        choices.append(("-", rng.randint(1, min(max_number, current - 1))))
     factors = [b for b in range(2, 6) if current * b < MAX_VALUE]
     if factors:
         choices.append(("*", rng.choice(factors)))
@@ -129,7 +130,8 @@ def _sentence(template: str, fields: dict[str, str], n: int) -> str:
     return template.format(n=f"{n:,}", **fields)  # "1,250": thousands separator, as people write
 
 
-def _make_problem(seed: int, index: int, min_ops: int, max_ops: int) -> ArithProblem:
+def _make_problem(seed: int, index: int, min_ops: int, max_ops: int,
+                  max_number: int) -> ArithProblem:
     rng = random.Random(f"arith-{seed}-{index}")  # per-problem stream: prefix-stable in n
     theme = rng.choice(_THEMES)
     name, pronoun = rng.choice(_NAMES)
@@ -138,12 +140,12 @@ def _make_problem(seed: int, index: int, min_ops: int, max_ops: int) -> ArithPro
               "his": "his" if male else "her", "His": "His" if male else "Her",
               "him": "him" if male else "her", "thing": rng.choice(theme.things)}
     n_ops = rng.randint(min_ops, max_ops)
-    current = rng.randint(5, 60)
+    current = rng.randint(min(5, max_number), min(60, max_number))
     numbers = [float(current)]
     steps: list[tuple[str, float, float, float]] = []
     sentences = [_sentence(rng.choice(theme.start), fields, current)]
     for i in range(n_ops):
-        op, b = _next_operation(rng, current)
+        op, b = _next_operation(rng, current, max_number)
         fields["item"] = rng.choice(theme.items)
         result = _APPLY[op](current, b)
         steps.append((op, float(current), float(b), float(result)))
@@ -159,16 +161,19 @@ def _make_problem(seed: int, index: int, min_ops: int, max_ops: int) -> ArithPro
                         steps=tuple(steps))
 
 
-def generate_problems(n: int, seed: int = 0, min_ops: int = 2,
-                      max_ops: int = 8) -> list[ArithProblem]:
+def generate_problems(n: int, seed: int = 0, min_ops: int = 2, max_ops: int = 8,
+                      max_number: int = 99) -> list[ArithProblem]:
     """`n` problems, deterministic for `seed`; problem i does not depend on `n` (the first k
-    problems of a larger batch equal a batch of k)."""
+    problems of a larger batch equal a batch of k). `max_number` caps the starting value and
+    the amounts added or subtracted (smaller numbers: easier problems)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}.")
     if not 1 <= min_ops <= max_ops:
         raise ValueError(f"Need 1 <= min_ops <= max_ops, got min_ops={min_ops}, "
                          f"max_ops={max_ops}.")
-    return [_make_problem(seed, i, min_ops, max_ops) for i in range(n)]
+    if max_number < 2:
+        raise ValueError(f"max_number must be at least 2, got {max_number}.")
+    return [_make_problem(seed, i, min_ops, max_ops, max_number) for i in range(n)]
 
 
 def cot_prompt(problem: ArithProblem) -> str:
@@ -381,7 +386,8 @@ def _is_bare(part: _Expr) -> bool:
 
 
 def _check_calculation(parts: list[_Expr], known: list[float]) -> tuple[list[str], list[float]]:
-    """Reasons a chain `p0 = p1 = ...` is wrong, and the numbers it states. p0's operands must
+    """Reasons a chain `p0 = p1 = ...` is wrong, and the results it states (the bare numbers
+    after an '=', right or wrong; operands are not results). p0's operands must
     be known; a bare number after '=' is a claimed result (new is fine if true); a compound
     part must equal the previous value, or continue a running chain ("5 + 3 = 8 - 2 = 6"), and
     its operands may also come from earlier parts of the same chain. "36 = 24 + 12" is read
@@ -408,11 +414,13 @@ def _check_calculation(parts: list[_Expr], known: list[float]) -> tuple[list[str
                            f"(is {_fmt(current)}, not {_fmt(part.value)})")
         local += [n.stated for n in part.numbers] + list(part.partials)
         current, current_text = part.value, part.text
-    return reasons, [n.stated for p in parts for n in p.numbers]
+    results = [p.numbers[0].stated for p in parts[1:] if _is_bare(p)]
+    return reasons, results
 
 
 def _check_line(line: str, known: list[float]) -> tuple[list[str], list[float]]:
-    """Reasons a step is wrong (empty when fine) and every number it states."""
+    """Reasons a step is wrong (empty when fine) and the results it states: the claimed
+    results of its calculations and the numbers it asserts outside any calculation."""
     text = _strip_line(line)
     parser = _Parser(text, _tokenize(text))
     reasons: list[str] = []
@@ -470,10 +478,12 @@ class StepCheck:
 
 def label_steps(problem: ArithProblem, steps: list[str]) -> list[StepCheck]:
     """Label each step: 1 if it states a false calculation or uses a number that is neither in
-    the problem nor stated in an earlier step (any number an earlier step wrote, right or
-    wrong, counts as known: an error carried forward is not a new hallucination). Numbers
-    only computed implicitly (12 in "3 * 4 + 2 = 14") are not known to later steps. The final
-    "Answer: N" line is a step like any other, so it is 1 only when N is new."""
+    the problem nor an earlier result. Earlier results are the numbers earlier steps claimed,
+    right or wrong (after an '=', or asserted outside a calculation: "so she has 17 left"), so
+    an error carried forward is not a new hallucination; an earlier step's operands are not
+    results, so an invented operand ("7 + 1 = 8" with no 1 in the problem) is flagged each time
+    it is used. Numbers only computed implicitly (12 in "3 * 4 + 2 = 14") are not known to
+    later steps. The final "Answer: N" line is a step like any other: 1 only when N is new."""
     known = list(problem.numbers)
     checks = []
     for step in steps:

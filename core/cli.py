@@ -143,7 +143,8 @@ def cmd_make_traces(args: argparse.Namespace) -> int:
         summary = make_arith_traces(
             loaded, out=args.out, n_problems=args.problems, samples=args.samples,
             seed=args.seed, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            batch_size=args.batch_size, progress=update, split_test=args.test_share)
+            batch_size=args.batch_size, progress=update, split_test=args.test_share,
+            min_ops=args.min_ops, max_ops=args.max_ops, max_number=args.max_number)
     print(summary)
     return 0
 
@@ -215,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--min-ops", type=int, default=2, help="fewest operations per problem")
+    p.add_argument("--max-ops", type=int, default=8, help="most operations per problem")
+    p.add_argument("--max-number", type=int, default=99,
+                   help="largest starting value and amount added or subtracted")
     p.add_argument("--test-share", type=float, default=0.0,
                    help="if > 0, also write OUT_train/OUT_test split by problem")
     p.set_defaults(func=cmd_make_traces)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from core.atomic import atomic_path, atomic_write_text
+from core.atomic import atomic_write_bytes, atomic_write_text
 from core.capture import record_residual
 from core.chat import user_prompt
 from core.layers import resolve_layers
@@ -351,11 +351,11 @@ def _load_tensors(path: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    return _sha256(path)
+    data = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()})
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def save_library(library: ConceptLibrary, folder: str | Path) -> Path:

@@ -155,9 +155,8 @@ def summarise_conflicts(tokens: pd.DataFrame, thresholds: Thresholds | None = No
     table = quadrant_shares(quadrant, tokens["ce"].to_numpy(dtype=np.float64),
                             tokens["grad_norm"].to_numpy(dtype=np.float64),
                             {name: w.astype(np.float64) for name, w in weights.items()})
-    return ConflictSummary(n_tokens=len(tokens),
-                           conflict_fraction=float(table.loc["confident_conflict",
-                                                             "token_share"]),
+    conflict = float(table["token_share"].to_numpy()[QUADRANTS.index("confident_conflict")])
+    return ConflictSummary(n_tokens=len(tokens), conflict_fraction=conflict,
                            thresholds=thresholds, cuts=cuts, quadrants=table)
 
 

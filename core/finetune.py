@@ -70,6 +70,7 @@ class CompareConfig:
     target_new_tokens: int = 96
     general_new_tokens: int = 40
     eval_batch_size: int = 16
+    max_eval: int | None = None  # at most this many held-out target and general examples
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -86,6 +87,8 @@ class CompareConfig:
             raise ValueError(f"The learning rate must be positive, got {self.lr}.")
         if not 0.0 < self.holdout < 1.0:
             raise ValueError(f"The held-out share must be in (0, 1), got {self.holdout}.")
+        if self.max_eval is not None and self.max_eval < 1:
+            raise ValueError(f"max_eval must be at least 1, got {self.max_eval}.")
         if self.lora_rank < 1:
             raise ValueError(f"The LoRA rank must be at least 1, got {self.lora_rank}.")
         LossConfig(k=self.k, alpha=self.alpha, norm=self.norm, beta=self.beta,
@@ -249,7 +252,7 @@ def trainable_copy(reference: torch.nn.Module, lora: bool = False,
                          "--lora to fine-tune every weight.") from err
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                         target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)  # type: ignore[arg-type]
+    return get_peft_model(model, config)
 
 
 @dataclass(frozen=True)
@@ -330,8 +333,11 @@ def finetune_compare(loaded: LoadedModel, train_examples: Sequence[FinetuneExamp
     if not encoded:
         raise ValueError("No training example fits: every one lacks response tokens within "
                          f"{config.max_tokens} tokens.")
+    general = list(general)
+    if config.max_eval is not None:
+        held, general = held[: config.max_eval], general[: config.max_eval]
     sets = EvalSets(held, encode_examples(tokenizer, held, config.max_tokens)[0],
-                    list(general), encode_examples(tokenizer, general, config.max_tokens)[0])
+                    general, encode_examples(tokenizer, general, config.max_tokens)[0])
     schedule = batch_schedule(len(encoded), config.steps, config.batch_size, config.seed)
     total = len(config.methods) * (config.steps + 1) + 1
     done = 0

@@ -61,7 +61,6 @@ GENERAL_QUESTIONS: tuple[tuple[str, str], ...] = (
     ("How many legs does a spider have?", "8|eight"),
     ("How many continents are there on Earth?", "7|seven"),
     ("How many hours are in a day?", "24|twenty-four"),
-    ("How many months are in a year?", "12|twelve"),
     ("What is the opposite of hot?", "cold"),
     ("What is the opposite of up?", "down"),
     ("What is the largest ocean on Earth?", "Pacific"),

@@ -82,8 +82,9 @@ def _versions() -> dict[str, str]:
 def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40,
                       samples: int = 2, seed: int = 0, max_new_tokens: int = 200,
                       temperature: float = 0.7, batch_size: int = 16,
-                      progress: Progress | None = None,
-                      split_test: float = 0.0) -> MakeTracesSummary:
+                      progress: Progress | None = None, split_test: float = 0.0,
+                      min_ops: int = 2, max_ops: int = 8,
+                      max_number: int = 99) -> MakeTracesSummary:
     """Generate problems, sample `samples` chains each, label them and write the trace file(s).
 
     With `split_test` > 0 the problems are split (never a problem in both) into OUT_train.jsonl
@@ -93,7 +94,8 @@ def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40
         raise ValueError("Need at least one problem and one sample per problem.")
     if not 0.0 <= split_test < 1.0:
         raise ValueError(f"The test share must be in [0, 1), got {split_test}.")
-    problems = generate_problems(n_problems, seed=seed)
+    problems = generate_problems(n_problems, seed=seed, min_ops=min_ops, max_ops=max_ops,
+                                 max_number=max_number)
     questions = [cot_prompt(p) for p in problems for _ in range(samples)]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     replies = sample_responses(loaded, questions, sampling, batch_size=batch_size,
@@ -129,7 +131,8 @@ def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40
         accuracy=sum(bool(t.is_correct) for t in traces) / max(len(traces), 1))
     arguments = {"n_problems": n_problems, "samples": samples, "seed": seed,
                  "max_new_tokens": max_new_tokens, "temperature": temperature,
-                 "batch_size": batch_size, "split_test": split_test}
+                 "batch_size": batch_size, "split_test": split_test, "min_ops": min_ops,
+                 "max_ops": max_ops, "max_number": max_number}
     for path, group in groups.items():
         write_traces(path, group)
         meta = {
@@ -137,9 +140,11 @@ def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40
             "versions": _versions(), "arguments": arguments, "n_chains": len(group),
             "summary": asdict(summary),
             "regenerate": "telltale make-traces --out {} --problems {} --samples {} --seed {} "
-                          "--max-new-tokens {} --temperature {} --batch-size {}{}".format(
+                          "--max-new-tokens {} --temperature {} --batch-size {} --min-ops {} "
+                          "--max-ops {} --max-number {}{}".format(
                               out, n_problems, samples, seed, max_new_tokens, temperature,
-                              batch_size, f" --test-share {split_test}" if split_test else ""),
+                              batch_size, min_ops, max_ops, max_number,
+                              f" --test-share {split_test}" if split_test else ""),
         }
         atomic_write_text(Path(path).with_suffix(".meta.json"), json.dumps(meta, indent=2) + "\n")
     return summary

@@ -135,7 +135,8 @@ def step_signal_figure(df: pd.DataFrame, signal: str, trace_id: str) -> go.Figur
     direction = "lower" if signal in LOW_IS_SUSPICIOUS else "higher"
     fig.update_layout(
         title=f"{SIGNAL_TITLES[signal]} per step: chain {trace_id} ({direction} = less sure)",
-        xaxis={"title": "step", "tickmode": "linear", "dtick": 1},
+        xaxis={"title": "step", "tickmode": "linear", "dtick": 1,
+               "range": [float(chain["step"].min()) - 0.6, float(chain["step"].max()) + 0.6]},
         yaxis={"title": SIGNAL_TITLES[signal], "rangemode": "tozero"},
         barmode="overlay", hovermode="closest",
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0},

@@ -128,6 +128,12 @@ def test_invented_number_is_flagged() -> None:
     assert checks[1].reason == "unsupported number 42"
 
 
+def test_an_invented_operand_is_flagged_each_time_it_is_used() -> None:
+    # 1 is in neither the problem nor any earlier result: operands are not results
+    steps = ["24 + 1 = 25", "25 + 1 = 26", "So she has 26 apples.", "26 - 25 = 1", "1 + 1 = 2"]
+    assert labels(steps) == [1, 1, 0, 0, 0]  # after "= 1", 1 is an earlier result
+
+
 def test_restated_numbers_and_answer_line() -> None:
     assert labels(["24 + 12 = 36", "So she has 36 apples.", "She has 50 apples."]) == [0, 0, 1]
     assert labels(["24 + 12 = 36", "Answer: 77"]) == [0, 1]

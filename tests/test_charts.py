@@ -82,6 +82,7 @@ def test_step_figure_one_bar_per_step_coloured_by_label() -> None:
     assert by_name["hallucinated step"].marker.line.width > 0  # outlined
     assert by_name["correct step"].marker.line.width == 0
     assert {t.width for t in by_name.values()} == {0.7}  # same width whatever the x spacing
+    assert list(fig.layout.xaxis.range) == pytest.approx([-0.6, 2.6])  # steps 0..2, no slack
 
 
 def test_step_figure_marks_exactly_the_hallucinated_steps() -> None:

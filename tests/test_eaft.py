@@ -153,8 +153,9 @@ def test_config_is_checked() -> None:
 
 # ---------------------------------------------------------------------------- trainers
 
-TEMPLATE = ("{% for m in messages %}<s> {{ {'user': 'w3', 'assistant': 'w4'}.get(m['role'], 'w5') }}"
-            " {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> w4 {% endif %}")
+TEMPLATE = ("{% for m in messages %}<s> "
+            "{{ {'user': 'w3', 'assistant': 'w4'}.get(m['role'], 'w5') }} {{ m['content'] }} </s> "
+            "{% endfor %}{% if add_generation_prompt %}<s> w4 {% endif %}")
 
 
 def _rows(n: int = 8) -> list[dict[str, str]]:

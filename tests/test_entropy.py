@@ -132,11 +132,12 @@ def test_token_stats_match_naive_per_position(dtype: torch.dtype, chunk: int | N
     assert len(stats) == len(want["p"]) == 9 - 1 - 2 + 9 - 1 - 2
     assert stats.p_target.dtype == torch.float32
     close = {"rtol": 1e-5, "atol": 1e-6}
-    torch.testing.assert_close(stats.p_target.double(), torch.tensor(want["p"], dtype=torch.float64), **close)
-    torch.testing.assert_close(stats.ce.double(), -torch.tensor(want["p"], dtype=torch.float64).log(), **close)
-    torch.testing.assert_close(stats.entropy_topk.double(), torch.tensor(want["hk"], dtype=torch.float64), **close)
-    torch.testing.assert_close(stats.entropy_full.double(), torch.tensor(want["hf"], dtype=torch.float64), **close)
-    torch.testing.assert_close(stats.grad_norm.double(), torch.tensor(want["g"], dtype=torch.float64), **close)
+    f64 = torch.float64
+    for got, name in ((stats.p_target, "p"), (stats.entropy_topk, "hk"),
+                      (stats.entropy_full, "hf"), (stats.grad_norm, "g")):
+        torch.testing.assert_close(got.double(), torch.tensor(want[name], dtype=f64), **close)
+    torch.testing.assert_close(stats.ce.double(), -torch.tensor(want["p"], dtype=f64).log(),
+                               **close)
     torch.testing.assert_close(stats.entropy_norm, stats.entropy_topk / math.log(5))
     assert stats.top_token.tolist() == [int(v) for v in want["top"]]
     assert stats.target.tolist() == [int(labels[r, t]) for r, t in zip(

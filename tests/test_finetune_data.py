@@ -24,8 +24,9 @@ from core.traces import TraceFileError
 from tests.tiny_models import tiny_tokenizer
 
 # <s> ROLE content </s> per turn; roles as words so every token is in the tiny vocabulary
-TEMPLATE = ("{% for m in messages %}<s> {{ {'user': 'w3', 'assistant': 'w4'}.get(m['role'], 'w5') }}"
-            " {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> w4 {% endif %}")
+TEMPLATE = ("{% for m in messages %}<s> "
+            "{{ {'user': 'w3', 'assistant': 'w4'}.get(m['role'], 'w5') }} {{ m['content'] }} </s> "
+            "{% endfor %}{% if add_generation_prompt %}<s> w4 {% endif %}")
 X = IGNORE_INDEX
 
 
@@ -54,8 +55,8 @@ def test_response_key_and_system_turn(tok) -> None:
 
 
 def test_messages_train_every_assistant_turn_even_when_the_user_repeats_it(tok) -> None:
-    obj = {"messages": [{"role": "user", "content": "w10"}, {"role": "assistant", "content": "w11"},
-                        {"role": "user", "content": "w11"}, {"role": "assistant", "content": "w12"}]}
+    turns = [("user", "w10"), ("assistant", "w11"), ("user", "w11"), ("assistant", "w12")]
+    obj = {"messages": [{"role": role, "content": content} for role, content in turns]}
     enc = encode_example(tok, example_from_dict(obj, "a"))
     # <s> w3 w10 </s> <s> w4 w11 </s> <s> w3 w11 </s> <s> w4 w12 </s>
     assert enc.labels == (X, X, X, X, X, X, 11, 2, X, X, X, X, X, X, 12, 2)

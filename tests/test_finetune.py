@@ -1,0 +1,215 @@
+"""The SFT-vs-EAFT comparison, the conflict scan and the sample-data generator on a tiny random
+model; answer checking and scheduling by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.arith import ArithProblem
+from core.conflicts import example_scores, scan_conflicts, summarise_conflicts, with_quadrants
+from core.entropy import QUADRANTS, token_stats
+from core.finetune import (
+    METHODS,
+    CompareConfig,
+    answer_matches,
+    batch_schedule,
+    finetune_compare,
+    split_holdout,
+)
+from core.finetune_data import collate, encode_example, example_from_dict
+from core.finetune_samples import (
+    house_style_solution,
+    target_examples,
+    whole_sentences,
+)
+from core.models import wrap_model
+from tests.tiny_models import tiny_model, tiny_tokenizer
+
+TEMPLATE = ("{% for m in messages %}<s> "
+            "{{ {'user': 'w3', 'assistant': 'w4'}.get(m['role'], 'w5') }} {{ m['content'] }} </s> "
+            "{% endfor %}{% if add_generation_prompt %}<s> w4 {% endif %}")
+
+
+def _loaded(seed: int = 0):
+    return wrap_model(tiny_model("llama", seed=seed), tiny_tokenizer(TEMPLATE), name="tiny")
+
+
+def _examples(n: int, offset: int, seed: int, answer: bool = True) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        words = [f"w{w}" for w in torch.randint(10, 90, (6,), generator=gen).tolist()]
+        rows.append(example_from_dict({
+            "prompt": " ".join(words[:3]), "completion": " ".join(words[3:]),
+            **({"answer": words[-1]} if answer else {})}, f"{offset + i}"))
+    return rows
+
+
+# ---------------------------------------------------------------------------- by hand
+
+
+@pytest.mark.parametrize(("reply", "answer", "mode", "want"), [
+    ("5 + 7 = 12\n#### 12", "12", "final", True),
+    ("12 apples, then 3 more", "12", "final", False),  # the final number is 3
+    ("Answer: 1,234", "1234", "final", True),
+    ("The capital is Paris.", "Paris", "final", True),
+    ("The capital is Parisian.", "Paris", "contains", False),
+    ("A week has 7 days.", "7|seven", "contains", True),
+    ("A week has seven days and 2 weekends.", "7|seven", "contains", True),
+    ("A week has 17 days.", "7|seven", "contains", False),
+    ("It boils at 100.0 degrees.", "100", "contains", True),
+])
+def test_answer_matches(reply: str, answer: str, mode: str, want: bool) -> None:
+    assert answer_matches(reply, answer, mode) is want
+
+
+def test_split_holdout_is_seeded_and_disjoint() -> None:
+    examples = _examples(10, 0, 0)
+    train, held = split_holdout(examples, 0.3, seed=1)
+    assert len(held) == 3 and len(train) == 7
+    assert {e.id for e in train}.isdisjoint({e.id for e in held})
+    assert split_holdout(examples, 0.3, seed=1) == (train, held)
+    assert split_holdout(examples[:2], 0.01)[1] != []
+
+
+def test_batch_schedule_covers_every_example_each_epoch() -> None:
+    schedule = batch_schedule(5, steps=5, batch_size=2, seed=0)
+    assert [len(b) for b in schedule] == [2] * 5
+    flat = [i for b in schedule for i in b]
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    assert batch_schedule(5, 5, 2, 0) == schedule
+
+
+def test_compare_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="put 'eaft' before"):
+        CompareConfig(methods=("sft", "sft_lr_matched"))
+    with pytest.raises(ValueError, match="Methods"):
+        CompareConfig(methods=("dft",))
+    with pytest.raises(ValueError, match="held-out"):
+        CompareConfig(holdout=1.0)
+    assert CompareConfig().learning_rate == 3e-5
+    assert CompareConfig(lora=True).learning_rate == 2e-4
+
+
+def test_house_style_by_hand() -> None:
+    problem = ArithProblem("p1", "q", (12.0, 5.0, 3.0), 51.0, 2,
+                           (("+", 12.0, 5.0, 17.0), ("*", 17.0, 3.0, 51.0)))
+    assert house_style_solution(problem) == (
+        "Plan: start 12, then +5, then ×3.\n[1] 12 + 5 = 17\n[2] 17 × 3 = 51\n#### 51")
+    examples = target_examples(6, seed=0)
+    assert examples == target_examples(6, seed=0)
+    for example in examples:
+        reply = example.turns[-1].content
+        assert reply.splitlines()[-1] == f"#### {example.answer}"
+        assert answer_matches(reply, example.answer or "", "final")
+
+
+def test_whole_sentences() -> None:
+    assert whole_sentences("Paris is the capital. It has many caf") == "Paris is the capital."
+    assert whole_sentences("No end here") == "No end here"
+    assert whole_sentences("Costs $3.50 today! Yes") == "Costs $3.50 today!"
+
+
+def test_general_examples_keep_only_right_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.finetune
+    from core.finetune_samples import general_examples
+
+    replies = ["The capital is Paris. And more", "Blue, I think", "It is Rome."]
+    monkeypatch.setattr(core.finetune, "greedy_replies", lambda *a, **k: replies)
+    questions = (("Capital of France?", "Paris"), ("Sky colour?", "green"),
+                 ("Capital of Italy?", "Rome"))
+    kept = general_examples(_loaded(), questions)
+    assert [e.id for e in kept] == ["general-000", "general-002"]
+    assert kept[0].turns[-1].content == "The capital is Paris."  # cut to whole sentences
+    assert kept[1].answer == "Rome"
+
+
+# ---------------------------------------------------------------------------- on a tiny model
+
+
+def test_scan_matches_token_stats_and_summarises() -> None:
+    loaded = _loaded()
+    examples = _examples(5, 0, 3)
+    scan = scan_conflicts(loaded, examples, k=5, batch_size=2)
+    # the oracle: one batch of all examples through token_stats
+    batch = collate([encode_example(loaded.tokenizer, e) for e in examples], 0)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"]).logits
+    stats = token_stats(logits, batch["labels"], k=5)
+    assert len(scan.tokens) == len(stats) == 5 * 4  # 3 reply words + the end token each
+    torch.testing.assert_close(torch.tensor(scan.tokens["p"].to_numpy()), stats.p_target,
+                               rtol=1e-4, atol=1e-6)
+    assert scan.tokens["target_token"].tolist()[:4] == loaded.tokenizer.convert_ids_to_tokens(
+        stats.target.tolist()[:4])
+    summary = summarise_conflicts(scan.tokens)
+    report = summary.to_dict()
+    assert set(report) == {"n_tokens", "conflict_fraction", "quadrants", "thresholds"}
+    assert list(report["quadrants"]) == list(QUADRANTS)
+    shares = report["quadrants"]["confident_conflict"]
+    assert {"token_share", "loss_share", "sft_grad_share", "eaft_grad_share"} <= set(shares)
+    assert sum(q["token_share"] for q in report["quadrants"].values()) == pytest.approx(1.0)
+    marked = with_quadrants(scan.tokens)
+    assert (marked["quadrant"] == "confident_conflict").mean() == pytest.approx(
+        report["conflict_fraction"])
+    scores = example_scores(scan.tokens)
+    assert scores["n_tokens"].tolist() == [4] * 5
+
+
+def test_finetune_compare_on_a_tiny_model() -> None:
+    loaded = _loaded()
+    before = [p.detach().clone() for p in loaded.model.parameters()]
+    target = _examples(12, 0, 1)
+    general = _examples(6, 100, 2)
+    calls: list[tuple[int, int]] = []
+    config = CompareConfig(steps=6, batch_size=4, lr=3e-3, eval_batch_size=4,
+                           target_new_tokens=6, general_new_tokens=6, holdout=0.25)
+    table = finetune_compare(loaded, target, general, config,
+                             progress=lambda d, t: calls.append((d, t)))
+    assert table["method"].tolist() == ["base", *METHODS]
+    rows = table.set_index("method")
+    assert rows.loc["base", "d_target_loss"] == 0.0
+    assert rows.loc["sft", "mean_gate"] == 1.0 and rows.loc["sft_kl", "mean_gate"] == 1.0
+    gate = rows.loc["eaft", "mean_gate"]
+    assert 0 < gate < 1
+    assert rows.loc["sft_lr_matched", "lr"] == pytest.approx(3e-3 * gate)
+    for method in METHODS:
+        assert rows.loc[method, "d_target_loss"] < 0, method  # every method learned something
+        assert 0 <= rows.loc[method, "general_acc"] <= 1
+    # the base model itself is untouched
+    for old, new in zip(before, loaded.model.parameters(), strict=True):
+        assert torch.equal(old, new)
+    total = calls[-1][1]
+    assert calls[-1] == (total, total) and total == 5 * 7 + 1
+
+
+def test_finetune_compare_is_deterministic_and_lora_trains_adapters_only() -> None:
+    pytest.importorskip("peft")
+    loaded = _loaded()
+    target, general = _examples(8, 0, 1), _examples(4, 100, 2)
+    config = CompareConfig(methods=("sft", "eaft"), steps=3, batch_size=2, lr=1e-2,
+                           eval_batch_size=4, target_new_tokens=4, general_new_tokens=4,
+                           lora=True, lora_rank=2)
+    first = finetune_compare(loaded, target, general, config)
+    second = finetune_compare(loaded, target, general, config)
+    columns = ["target_loss", "general_loss", "mean_gate", "target_acc", "general_acc"]
+    assert first[columns].equals(second[columns])
+    assert first.loc[1, "target_loss"] < first.loc[0, "target_loss"]
+
+    from core.finetune import trainable_copy
+
+    model = trainable_copy(loaded.model, lora=True, rank=2)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+
+
+def test_accuracy_is_nan_without_answers() -> None:
+    loaded = _loaded()
+    config = CompareConfig(methods=("sft",), steps=1, batch_size=2, eval_batch_size=4,
+                           target_new_tokens=2, general_new_tokens=2)
+    table = finetune_compare(loaded, _examples(4, 0, 1, answer=False),
+                             _examples(2, 50, 2, answer=False), config)
+    assert math.isnan(table.loc[0, "target_acc"]) and math.isnan(table.loc[1, "general_acc"])

@@ -1,0 +1,155 @@
+"""The streaming monitor on a tiny random Llama with a character tokenizer (every text round-trips
+to the same ids): streamed scores equal the offline teacher-forced scores, also after
+backtracking, which proves the KV-cache crop; the kill switch; hooks always removed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from core.evaluation import score_capture
+from core.feature_store import CaptureConfig, capture_in_memory
+from core.models import wrap_model
+from core.monitor import MonitorConfig, run_monitor, sample_token
+from core.probes import LinearProbe, ProbeBundle, ProbeMeta
+from core.traces import trace_from_dict
+
+CHARS = list("0123456789+=-ab \n")
+TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    vocab = {"<unk>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        eos_token="</s>")
+    tokenizer.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, eos_token_id=1, bos_token_id=1)
+    model = LlamaForCausalLM(config)
+    newline = vocab["\n"]
+
+    def shape_logits(_module, _inputs, logits):  # no <unk>/EOS; newlines common: several steps
+        logits = logits.clone()
+        logits[..., :2] = -1e9
+        logits[..., newline] += 1.5
+        return logits
+
+    model.lm_head.register_forward_hook(shape_logits)
+    return wrap_model(model, tokenizer, name="tiny-char")
+
+
+def bundle(bias: float = 0.0, seed: int = 0) -> ProbeBundle:
+    rng = np.random.default_rng(seed)
+    meta = ProbeMeta(model="tiny-char", model_name="tiny-char", hidden_size=32, layer=1,
+                     step_pooling="exp", tracker_pooling="causal",
+                     baseline_pooling="prefix_mean", step_input=True, threshold=0.5,
+                     step_threshold=0.5, data_hash="x")
+    return ProbeBundle(meta=meta, step=LinearProbe(rng.normal(size=32) * 3, 0.0),
+                       tracker=LinearProbe(rng.normal(size=33) * 3, bias, 1))
+
+
+def offline_scores(loaded, probes: ProbeBundle, question: str, text: str):
+    trace = trace_from_dict({"id": "x", "prompt": question, "response": text})
+    capture = capture_in_memory(loaded, [trace], CaptureConfig(layers=(1,),
+                                                                poolings=probes.poolings))
+    assert not capture.manifest["skipped"]
+    return trace, score_capture(probes, capture)[0]
+
+
+QUESTION = "1+2="
+
+
+def test_streamed_scores_equal_teacher_forced_scores(loaded) -> None:
+    probes = bundle()
+    result = run_monitor(loaded, probes, QUESTION, MonitorConfig(max_new_tokens=90, seed=3,
+                                                                 temperature=1.0))
+    assert len(result.steps) >= 3
+    prompt_ids = loaded.tokenizer(loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False)["input_ids"]
+    assert loaded.tokenizer(result.text, add_special_tokens=False)["input_ids"] == \
+        result.token_ids  # the character tokenizer round-trips: same ids teacher-forced
+    trace, chain = offline_scores(loaded, probes, QUESTION, result.text)
+    assert [s.text for s in result.steps] == [s.text for s in trace.steps]
+    np.testing.assert_allclose([s.prefix_score for s in result.steps], chain.prefix_scores,
+                               atol=1e-5)
+    np.testing.assert_allclose([s.step_score for s in result.steps], chain.step_scores,
+                               atol=1e-5)
+    assert result.tokens_processed == result.tokens_generated and prompt_ids
+
+
+def test_backtracking_crops_the_cache_and_keeps_every_discarded_step(loaded) -> None:
+    probes = bundle(bias=0.0, seed=1)
+    config = MonitorConfig(mode="backtrack", max_new_tokens=90, seed=5, temperature=1.0,
+                           threshold=0.3, retries=2, max_backtracks=6)
+    result = run_monitor(loaded, probes, QUESTION, config)
+    assert result.discarded, "the threshold is low enough for some alarm"
+    assert len(result.discarded) <= 6 and all(not s.kept for s in result.discarded)
+    assert all(s.alarm for s in result.discarded)
+    # the kept text scores exactly as teacher-forced: the cropped cache held no trace of retries
+    _, chain = offline_scores(loaded, probes, QUESTION, result.text)
+    np.testing.assert_allclose([s.prefix_score for s in result.steps], chain.prefix_scores,
+                               atol=1e-5)
+    # retries cost step-length tokens, never a re-encoded prefix
+    extra = result.tokens_processed - result.tokens_generated
+    assert 0 < extra <= sum(s.n_tokens + 1 for s in result.discarded) + sum(
+        s.n_tokens for s in result.steps)
+
+
+def test_all_retries_alarming_keeps_the_least_alarming(loaded) -> None:
+    always = bundle(bias=50.0)  # every prefix score ~1: every retry alarms
+    config = MonitorConfig(mode="backtrack", max_new_tokens=60, seed=2, temperature=1.0,
+                           retries=2, max_backtracks=4)
+    result = run_monitor(loaded, always, QUESTION, config)
+    assert len(result.discarded) == 4  # the chain's budget of backtracks is spent
+    assert all(s.alarm for s in result.steps)
+
+
+def test_stop_mode_is_a_kill_switch(loaded) -> None:
+    result = run_monitor(loaded, bundle(bias=50.0), QUESTION,
+                         MonitorConfig(mode="stop", max_new_tokens=90, seed=3, temperature=1.0))
+    assert result.stopped_by_alarm and len(result.steps) == 1 and result.steps[0].alarm
+    watch = run_monitor(loaded, bundle(bias=-50.0), QUESTION,
+                        MonitorConfig(mode="stop", max_new_tokens=40, seed=3, temperature=1.0))
+    assert not watch.stopped_by_alarm and watch.alarms == 0
+
+
+def test_hooks_removed_when_the_caller_stops_with_an_error(loaded) -> None:
+    from core.monitor import monitor_events
+
+    blocks = loaded.model.model.layers
+    before = [len(b._forward_hooks) for b in blocks]
+
+    def boom() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        for _ in monitor_events(loaded, bundle(), QUESTION, should_stop=boom):
+            pass
+    assert [len(b._forward_hooks) for b in blocks] == before
+
+
+def test_sampling_is_greedy_at_zero_and_respects_top_p() -> None:
+    logits = torch.tensor([0.0, 3.0, 1.0, -2.0])
+    gen = torch.Generator().manual_seed(0)
+    assert sample_token(logits, 0.0, 1.0, gen) == 1
+    draws = {sample_token(logits, 1.0, 0.5, gen) for _ in range(50)}
+    assert draws == {1}  # token 1 alone holds more than half the mass
+
+
+def test_probe_for_another_model_is_refused(loaded) -> None:
+    other = bundle()
+    from dataclasses import replace
+
+    other = replace(other, meta=replace(other.meta, hidden_size=64))
+    with pytest.raises(ValueError, match="hidden size 64"):
+        run_monitor(loaded, other, QUESTION)
