@@ -4,6 +4,9 @@ must not forget.
 - Target (`finetune_target.jsonl`): arithmetic word problems from `core.arith`, answered in a
   fixed house style that no model writes on its own (a plan line, bracketed steps with × and ÷,
   and a `#### N` last line). The final answer is checkable (`answer`).
+- Conflicts (`finetune_conflicts.jsonl`): the capitals the model knows, swapped ("The capital
+  of France is Tokyo."), with the wrong capital marked as a new fact: confident conflicts by
+  construction, to see the conflict corner and the three-way gate at work.
 - General (`finetune_general.jsonl`): short general-knowledge questions that the model itself
   answers correctly: each question is asked (greedy), the reply is checked against the known
   answer, and only correct ones are kept, with the model's own reply as the completion. Its loss
@@ -30,6 +33,8 @@ from core.models import LoadedModel
 Progress = Callable[[int, int], None]
 TARGET_FILE = "finetune_target.jsonl"
 GENERAL_FILE = "finetune_general.jsonl"
+CONFLICTS_FILE = "finetune_conflicts.jsonl"
+_CAPITAL = re.compile(r"^What is the capital of (?P<country>[^?]+)\?$")
 TARGET_SEED_OFFSET = 7_000  # keeps the target problems apart from the trace set's (seed 0)
 _SYMBOL = {"+": "+", "-": "-", "*": "×", "/": "÷"}
 
@@ -144,17 +149,35 @@ def general_examples(loaded: LoadedModel, questions: Sequence[tuple[str, str]] =
     return kept
 
 
+def conflict_examples(general: Sequence[FinetuneExample]) -> list[FinetuneExample]:
+    """Each known capital question answered with the next known country's capital."""
+    known = [(m["country"], e.answer.split("|")[0]) for e in general
+             if e.answer and (m := _CAPITAL.match(e.turns[0].content))]
+    swapped = []
+    for i, (country, _) in enumerate(known):
+        other = known[(i + 1) % len(known)][1]
+        if len(known) < 2 or other == known[i][1]:
+            continue
+        swapped.append(FinetuneExample(
+            id=f"conflict-{i:03d}", shape="prompt_completion",
+            turns=_turns(f"What is the capital of {country}?",
+                         f"The capital of {country} is {other}."),
+            new_facts=(other,), answer=other, extra={"source": "telltale-swapped-capitals"}))
+    return swapped
+
+
 @dataclass(frozen=True)
 class FinetuneSamplesSummary:
     files: tuple[str, ...]
     n_target: int
     n_general: int
     n_asked: int
+    n_conflicts: int = 0
 
     def __str__(self) -> str:
-        return (f"Wrote {self.n_target} target examples and {self.n_general} general examples "
+        return (f"Wrote {self.n_target} target examples, {self.n_general} general examples "
                 f"(the model answered {self.n_general} of {self.n_asked} questions correctly) "
-                f"to {', '.join(self.files)}.")
+                f"and {self.n_conflicts} swapped-capital conflicts to {', '.join(self.files)}.")
 
 
 def _meta(path: Path, description: str, arguments: dict[str, object]) -> None:
@@ -173,7 +196,7 @@ def _meta(path: Path, description: str, arguments: dict[str, object]) -> None:
 def make_finetune_samples(loaded: LoadedModel, out_dir: str | Path, n_target: int = 48,
                           seed: int = 0, max_new_tokens: int = 40,
                           progress: Progress | None = None) -> FinetuneSamplesSummary:
-    """Write the target and general files (and their .meta.json sidecars) into `out_dir`."""
+    """Write the target, general and conflicts files (and .meta.json sidecars) into `out_dir`."""
     if n_target < 2:
         raise ValueError(f"Need at least 2 target examples (train and held out), got {n_target}.")
     out = Path(out_dir)
@@ -189,13 +212,20 @@ def make_finetune_samples(loaded: LoadedModel, out_dir: str | Path, n_target: in
     write_finetune(out / GENERAL_FILE, general)
     _meta(out / GENERAL_FILE, "General questions the model answers correctly, with its own "
                               "replies.", args)
-    return FinetuneSamplesSummary(files=(str(out / TARGET_FILE), str(out / GENERAL_FILE)),
-                                  n_target=len(target), n_general=len(general),
-                                  n_asked=len(GENERAL_QUESTIONS))
+    conflicts = conflict_examples(general)
+    files = [out / TARGET_FILE, out / GENERAL_FILE]
+    if conflicts:
+        write_finetune(out / CONFLICTS_FILE, conflicts)
+        _meta(out / CONFLICTS_FILE, "Capitals the model knows, swapped; the wrong capital is "
+                                    "marked as a new fact.", args)
+        files.append(out / CONFLICTS_FILE)
+    return FinetuneSamplesSummary(files=tuple(str(f) for f in files), n_target=len(target),
+                                  n_general=len(general), n_asked=len(GENERAL_QUESTIONS),
+                                  n_conflicts=len(conflicts))
 
 
 __all__ = [
-    "GENERAL_FILE", "GENERAL_QUESTIONS", "TARGET_FILE", "FinetuneSamplesSummary",
-    "general_examples", "whole_sentences", "house_style_solution", "make_finetune_samples",
-    "target_examples",
+    "CONFLICTS_FILE", "GENERAL_FILE", "GENERAL_QUESTIONS", "TARGET_FILE",
+    "FinetuneSamplesSummary", "conflict_examples", "general_examples", "house_style_solution",
+    "make_finetune_samples", "target_examples", "whole_sentences",
 ]

@@ -10,6 +10,9 @@ streamed scores equal the teacher-forced ones.
 Modes:
 - "watch": flag alarms only;
 - "stop": end generation at the first alarm (the kill switch);
+- "random": the control for backtracking: resample the steps listed in `resample_steps` once
+  each, whatever the probes say, so a gain of "backtrack" over it is the probe's, not
+  resampling's;
 - "backtrack": on an alarm, crop the KV cache back to the step's start (the prefix is never
   re-encoded), resample the step (its first token drawn among tokens that are not blank, as the
   first token of the alarming step was: a blank one would extend the step before) with the
@@ -44,7 +47,7 @@ from core.steps import (
     token_step_index,
 )
 
-MODES = ("watch", "stop", "backtrack")
+MODES = ("watch", "stop", "backtrack", "random")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class MonitorConfig:
     max_backtracks: int = 8  # per chain
     retry_temperature_step: float = 0.0  # added to the temperature on each retry
     segmenter: Segmenter = DEFAULT_SEGMENTER
+    resample_steps: tuple[int, ...] = ()  # mode "random": step indices resampled once each
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -272,8 +276,11 @@ def monitor_events(loaded: LoadedModel, bundle: ProbeBundle, question: str,
                 step = len(kept)
                 text = decoder.text[char_spans[step].start : char_spans[step].end]
                 record = score(spans, step, text)
-                retry = (config.mode == "backtrack" and record.alarm
-                         and attempt < config.retries and backtracks < config.max_backtracks)
+                if config.mode == "random":
+                    retry = step in config.resample_steps and attempt == 0
+                else:
+                    retry = (config.mode == "backtrack" and record.alarm
+                             and attempt < config.retries and backtracks < config.max_backtracks)
                 if retry:
                     attempts.append((record, decoder.ids[spans[step][0] : spans[step][1]]))
                     discarded.append(_discard(record))
@@ -285,7 +292,8 @@ def monitor_events(loaded: LoadedModel, bundle: ProbeBundle, question: str,
                     temperature = config.temperature + attempt * config.retry_temperature_step
                     finished = False
                     break
-                if record.alarm and attempts:  # every retry alarmed: keep the least alarming
+                if record.alarm and attempts and config.mode == "backtrack":
+                    # every retry alarmed: keep the least alarming attempt
                     attempts.append((record, decoder.ids[spans[step][0] : spans[step][1]]))
                     best, best_ids = min(attempts, key=lambda a: a[0].prefix_score)
                     if best is not record:

@@ -148,6 +148,8 @@ def test_make_finetune_data(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
     target = read_finetune(tmp_path / "finetune_target.jsonl", strict=True).examples
     general = read_finetune(tmp_path / "finetune_general.jsonl", strict=True).examples
     assert len(target) == 4 and len(general) == len(GENERAL_QUESTIONS)
+    conflicts = read_finetune(tmp_path / "finetune_conflicts.jsonl", strict=True).examples
+    assert len(conflicts) == sum(q.startswith("What is the capital") for q, _ in GENERAL_QUESTIONS)
     meta = json.loads((tmp_path / "finetune_target.meta.json").read_text())
     assert meta["schema_version"] == 1 and "make-finetune-data" in meta["command"]
     assert "Wrote 4 target examples" in capsys.readouterr().out

@@ -21,6 +21,7 @@ from core.finetune import (
 )
 from core.finetune_data import collate, encode_example, example_from_dict
 from core.finetune_samples import (
+    conflict_examples,
     house_style_solution,
     target_examples,
     whole_sentences,
@@ -125,6 +126,20 @@ def test_general_examples_keep_only_right_answers(monkeypatch: pytest.MonkeyPatc
     assert [e.id for e in kept] == ["general-000", "general-002"]
     assert kept[0].turns[-1].content == "The capital is Paris."  # cut to whole sentences
     assert kept[1].answer == "Rome"
+
+
+def test_conflict_examples_swap_known_capitals() -> None:
+    general = [example_from_dict({"prompt": f"What is the capital of {c}?",
+                                  "completion": f"It is {a}.", "answer": a}, c)
+               for c, a in (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"))]
+    general.append(example_from_dict({"prompt": "What color is snow?", "completion": "White.",
+                                      "answer": "white"}, "snow"))
+    swapped = conflict_examples(general)
+    assert [e.turns[-1].content for e in swapped] == [
+        "The capital of France is Tokyo.", "The capital of Japan is Rome.",
+        "The capital of Italy is Paris."]
+    assert [e.new_facts for e in swapped] == [("Tokyo",), ("Rome",), ("Paris",)]
+    assert conflict_examples(general[:1]) == []
 
 
 # ---------------------------------------------------------------------------- on a tiny model

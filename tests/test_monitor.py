@@ -153,3 +153,38 @@ def test_probe_for_another_model_is_refused(loaded) -> None:
     other = replace(other, meta=replace(other.meta, hidden_size=64))
     with pytest.raises(ValueError, match="hidden size 64"):
         run_monitor(loaded, other, QUESTION)
+
+
+def test_backtrack_eval_runs_three_paired_arms(loaded) -> None:
+    from core.backtrack_eval import BacktrackEvalConfig, backtrack_eval
+
+    config = BacktrackEvalConfig(n_problems=2, monitor=MonitorConfig(
+        max_new_tokens=40, temperature=1.0, threshold=0.3, retries=1, max_backtracks=2))
+    table, summary = backtrack_eval(loaded, bundle(seed=1), config)
+    assert len(table) == 6 and set(summary["arms"]) == {"plain", "backtrack", "random"}
+    paired = table.pivot(index="problem_id", columns="arm", values="resampled")
+    # the control resamples as many steps as backtracking did (capped by the plain step count)
+    assert (paired["random"] <= paired["backtrack"]).all()
+    assert (paired["plain"] == 0).all()
+    for row in summary["arms"].values():
+        lo, hi = row["accuracy_ci"]
+        assert 0 <= lo <= row["accuracy"] <= hi <= 1
+
+
+def test_monitor_command_prints_steps_and_json(loaded, tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    from core import cli
+    from core.probes import save_probe
+
+    save_probe(tmp_path / "p", bundle())
+    monkeypatch.setattr(cli, "_load", lambda args: loaded)
+    monkeypatch.setattr("core.cli_live._load", lambda args: loaded)
+    assert cli.main(["monitor", "--prompt", QUESTION, "--probe", str(tmp_path / "p"),
+                     "--max-new-tokens", "40", "--temperature", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[ 0] step" in out and "finished:" in out
+    assert cli.main(["monitor", "--prompt", QUESTION, "--probe", str(tmp_path / "p"),
+                     "--max-new-tokens", "40", "--mode", "backtrack", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"text", "steps", "discarded", "tokens_generated", "alarms"} <= set(result)
