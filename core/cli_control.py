@@ -1,6 +1,7 @@
 """The Control layer's `telltale` subcommands: eaft-stats, finetune-compare, make-finetune-data.
 
-`core.cli.build_parser` calls `register(sub)`; every command is a thin wrapper over `core`
+`core.cli.build_parser` calls `register(sub)` (import it inside build_parser: this module
+imports from `core.cli`); every command is a thin wrapper over `core`
 (`core.conflicts`, `core.finetune`, `core.finetune_samples`) and raises `CliError` (or
 ValueError) for problems the user can fix, which `core.cli.main` prints as one sentence.
 """
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from core.cli import CliError, _model_options, progress_bar
+
+# core.finetune.METHODS, written out so that building the parser does not import torch
+COMPARE_METHODS = "sft,eaft,sft_kl,hard_mask,sft_lr_matched"
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -163,8 +167,6 @@ def _stats_options(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the Control subcommands to `telltale`'s subparsers."""
-    from core.finetune import METHODS
-
     p = sub.add_parser("eaft-stats", help="confident conflicts of a fine-tuning file: token, "
                                           "loss and gradient shares per quadrant")
     _model_options(p)
@@ -199,8 +201,8 @@ def register(sub: Any) -> None:
                    help="learning rate (default 3e-5, or 2e-4 with --lora)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (needs peft)")
     p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--methods", default=COMPARE_METHODS,
+                   help=f"comma-separated, from {COMPARE_METHODS}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.25)
     p.add_argument("--k", type=int, default=20)

@@ -79,6 +79,13 @@ def chain_table(traces: Sequence[Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(CHAIN_COLUMNS))
 
 
+def issue_table(issues: Sequence[Any]) -> pd.DataFrame:
+    """One row per problem of a trace file: line, field ("" when the line is not a trace at all)
+    and the problem. Takes `core.traces.TraceIssue` records."""
+    return pd.DataFrame([{"line": i.line, "field": i.field, "problem": i.message}
+                         for i in issues], columns=["line", "field", "problem"])
+
+
 def steps_table(trace: Any) -> pd.DataFrame:
     """One row per step of one chain: step index, label name, prefix label and text."""
     return pd.DataFrame(

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Button
 
 from dashboard import state
 
@@ -51,13 +53,19 @@ def texts(elements: object) -> list[str]:
     return [str(e.value) for e in elements]  # type: ignore[attr-defined]
 
 
-def problems(at: AppTest) -> str:
-    """The text of the "Problems in ..." expander."""
+def problems(at: AppTest) -> list[tuple[int, str, str]]:
+    """The rows (line, field, problem) of the table in the "Problems in ..." expander."""
     box = next(e for e in at.expander if e.label.startswith("Problems in"))
-    return "\n".join(texts(box.markdown))
+    table = box.dataframe[0].value
+    return list(zip(table["line"], table["field"], table["problem"], strict=True))
 
 
-def button(at: AppTest, label: str):  # noqa: ANN201 - AppTest's Button type is internal
+def chain_tables(at: AppTest) -> list[pd.DataFrame]:
+    """The chain tables on the page (the problem table has other columns)."""
+    return [d.value for d in at.dataframe if "hallucinated_rate" in d.value.columns]
+
+
+def button(at: AppTest, label: str) -> Button:
     return next(b for b in at.button if b.label == label)
 
 
@@ -88,13 +96,14 @@ def test_mixed_upload_loads_valid_chains_and_lists_problems() -> None:
     assert texts(at.warning) == ["2 problem(s) in mixed.jsonl: 2 line(s) skipped, "
                                  "3 valid chain(s) loaded."]
     listed = problems(at)
-    assert "mixed.jsonl, line 4, field 'steps[0].label'" in listed
-    assert "mixed.jsonl, line 5: invalid JSON" in listed
+    assert [(line, field) for line, field, _ in listed] == [(4, "steps[0].label"), (5, "")]
+    assert listed[0][2] == "label must be 0, 1 or null, got 7"
+    assert listed[1][2].startswith("invalid JSON")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["chains"] == "3" and metrics["steps"] == "8"
     assert metrics["labelled steps"] == "6"
     assert metrics["hallucinated-step rate"] == f"{1 / 6:.1%}"
-    chains = at.dataframe[0].value
+    chains = chain_tables(at)[0]
     assert chains["id"].tolist() == ["p1-c0", "p1-c1", "p2-c0"]
     assert chains["hallucinated_rate"].tolist()[:2] == pytest.approx([1 / 3, 0.0])
     assert [b.label for b in at.download_button] == ["Download the chain table (CSV)"]
@@ -124,9 +133,9 @@ def test_bad_uploads_report_problems_not_exceptions(name: str, data: bytes,
     at = upload(start(), name, data)
     assert not at.exception
     assert any(expected in w for w in texts(at.warning))
-    assert f"{name}, line 1" in problems(at)
+    assert problems(at)[0][:2] == (1, "")  # line 1 is not a trace at all
     assert any("holds no valid chain" in i for i in texts(at.info))
-    assert not at.dataframe  # no chain table for a file without chains
+    assert not chain_tables(at)  # no chain table for a file without chains
 
 
 def test_empty_upload_says_there_is_nothing() -> None:

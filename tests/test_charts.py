@@ -13,6 +13,7 @@ from dashboard.charts import (
     SIGNAL_TITLES,
     chain_table,
     hover_text,
+    issue_table,
     label_name,
     labelled_scores,
     signal_by_label_figure,
@@ -212,3 +213,19 @@ def test_labelled_scores_skip_unlabelled_and_orient_min_prob() -> None:
     assert labels == [0, 1, 0, 1]
     assert scores == pytest.approx([-math.exp(-0.9), -math.exp(-4.0), -math.exp(-0.1),
                                     -math.exp(-2.0)])
+
+
+def test_issue_table_keeps_line_field_and_message() -> None:
+    @dataclass(frozen=True)
+    class Issue:
+        source: str
+        line: int
+        field: str
+        message: str
+
+    table = issue_table([Issue("f.jsonl", 3, "steps[1].label", "label must be 0, 1 or null"),
+                         Issue("f.jsonl", 7, "", "invalid JSON at column 1")])
+    assert table.to_dict("records") == [
+        {"line": 3, "field": "steps[1].label", "problem": "label must be 0, 1 or null"},
+        {"line": 7, "field": "", "problem": "invalid JSON at column 1"}]
+    assert list(issue_table([]).columns) == ["line", "field", "problem"]

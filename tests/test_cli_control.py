@@ -119,6 +119,22 @@ def test_finetune_compare_json_and_csv(tmp_path: Path, tiny, monkeypatch, capsys
         [row["target_loss"] for row in report["rows"]])
 
 
+def test_parser_building_imports_no_torch_and_lists_every_method() -> None:
+    import subprocess
+    import sys
+
+    from core.cli_control import COMPARE_METHODS
+    from core.finetune import METHODS
+
+    assert COMPARE_METHODS == ",".join(METHODS)
+    code = ("import argparse, sys; from core.cli_control import register; "
+            "p = argparse.ArgumentParser(); register(p.add_subparsers()); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
+
+
 def test_finetune_compare_rejects_bad_methods(tmp_path: Path, tiny, monkeypatch,
                                               capsys) -> None:
     train = _write(tmp_path / "train.jsonl", 4)

@@ -26,7 +26,7 @@ CHAIN_KEY = "traces_chain"
 ALL_CHAINS_KEY = "traces_score_all"
 SIGNAL_KEY = "traces_signal"
 PLOT_CHAIN_KEY = "traces_plot_chain"
-MAX_ISSUES_SHOWN = 200
+MAX_ISSUES_SHOWN = 1000
 MODE_HELP = {
     "lines": "one step per non-blank line",
     "sentences": "one step per sentence (and per line)",
@@ -79,7 +79,10 @@ def report_issues(load: TraceLoad, name: str) -> None:
                f"{len(load.traces)} valid chain(s) loaded.")
     with st.expander(f"Problems in {name}"):
         shown = load.issues[:MAX_ISSUES_SHOWN]
-        st.markdown("\n".join(f"- {issue}" for issue in shown))
+        # a table, not markdown: the messages quote file content, which must not render
+        st.dataframe(charts.issue_table(shown), hide_index=True, column_config={
+            "field": st.column_config.TextColumn("field", help="'' = the line is not a trace"),
+            "problem": st.column_config.TextColumn("problem", width="large")})
         if len(load.issues) > len(shown):
             st.caption(f"... and {len(load.issues) - len(shown)} more.")
 
