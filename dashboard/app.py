@@ -1,7 +1,7 @@
 """Telltale's dashboard: `streamlit run dashboard/app.py`.
 
 This file is the frame around every page: it sets up the page, draws the shared model sidebar
-and runs the page chosen in the navigation. Each page is a module in dashboard/pages/ with a
+and runs the page chosen in the navigation. Each page is a module in dashboard/views/ with a
 `render()` function (an ordinary module: importable, testable); to add a page, add one
 `st.Page` line to `PAGES`.
 """
@@ -18,15 +18,14 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on th
 
 import streamlit as st  # noqa: E402
 
-from dashboard.pages import traces  # noqa: E402
+from dashboard.views import traces  # noqa: E402
 from dashboard.sidebar import render_model_sidebar  # noqa: E402
 
-# One line per page: a module's render() function, its title, icon and URL. A URL path must not
-# equal the name of a file in dashboard/pages/: before the first st.navigation call of a server
-# (and in every AppTest run) Streamlit still honours its old pages/ folder convention and would
-# run that file instead of this app. (Renaming the folder would lift this rule.)
+# One line per page: a module's render() function, its title, icon and URL. The pages live in
+# dashboard/views/, not pages/: a pages/ folder beside app.py turns on Streamlit's old
+# file-per-page mode before the first st.navigation call.
 PAGES = [
-    st.Page(traces.render, title="Traces", icon=":material/timeline:", url_path="trace-browser",
+    st.Page(traces.render, title="Traces", icon=":material/timeline:", url_path="traces",
             default=True),
 ]
 
