@@ -6,7 +6,7 @@ per batch, so a rerun with the same arguments writes the same text on the same m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,16 +35,29 @@ class SamplingConfig:
 
 @torch.no_grad()
 def sample_responses(loaded: LoadedModel, questions: Sequence[str], sampling: SamplingConfig,
-                     batch_size: int = 8, progress: Progress | None = None) -> list[str]:
-    """One sampled reply per question (repeat a question to get several samples of it)."""
+                     batch_size: int = 8, progress: Progress | None = None,
+                     done: Mapping[int, str] | None = None,
+                     on_batch: Callable[[int, list[str]], None] | None = None) -> list[str]:
+    """One sampled reply per question (repeat a question to get several samples of it).
+
+    Batch b is seeded from (seed, b's first index) alone, so a rerun that reuses the replies
+    in `done` (index -> reply) and samples only the missing batches writes the same text;
+    `on_batch(first_index, replies)` is called after each sampled batch (e.g. to journal it).
+    """
     tokenizer = loaded.tokenizer
     prompts = [user_prompt(tokenizer, q) for q in questions]
+    done = done or {}
     replies: list[str] = []
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         for lo in range(0, len(prompts), batch_size):
             chunk = prompts[lo : lo + batch_size]
+            if all(i in done for i in range(lo, lo + len(chunk))):
+                replies.extend(done[i] for i in range(lo, lo + len(chunk)))
+                if progress:
+                    progress(lo + len(chunk), len(prompts))
+                continue
             batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             batch = {k: v.to(loaded.input_device) for k, v in batch.items()}
             torch.manual_seed(sampling.seed * 100_003 + lo)
@@ -57,9 +70,12 @@ def sample_responses(loaded: LoadedModel, questions: Sequence[str], sampling: Sa
                     pad_token_id=tokenizer.pad_token_id,
                 )
             new = out[:, batch["input_ids"].shape[1] :]
-            replies.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            sampled = [r.strip() for r in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            replies.extend(sampled)
+            if on_batch:
+                on_batch(lo, sampled)
             if progress:
                 progress(min(lo + batch_size, len(prompts)), len(prompts))
     finally:
         tokenizer.padding_side = old_side
-    return [r.strip() for r in replies]
+    return replies

@@ -8,6 +8,7 @@ produced it and the exact arguments, so `telltale make-traces` regenerates it.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,6 +88,9 @@ def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40
                       max_number: int = 99) -> MakeTracesSummary:
     """Generate problems, sample `samples` chains each, label them and write the trace file(s).
 
+    Replies are journaled batch by batch beside OUT (OUT.replies.jsonl): an interrupted run
+    resumes where it stopped and writes the same files.
+
     With `split_test` > 0 the problems are split (never a problem in both) into OUT_train.jsonl
     and OUT_test.jsonl beside OUT instead of one file.
     """
@@ -98,8 +102,25 @@ def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40
                                  max_number=max_number)
     questions = [cot_prompt(p) for p in problems for _ in range(samples)]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    replies = sample_responses(loaded, questions, sampling, batch_size=batch_size,
-                               progress=progress)
+    arguments = {"n_problems": n_problems, "samples": samples, "seed": seed,
+                 "max_new_tokens": max_new_tokens, "temperature": temperature,
+                 "batch_size": batch_size, "split_test": split_test, "min_ops": min_ops,
+                 "max_ops": max_ops, "max_number": max_number}
+    out = Path(out)
+    journal = out.with_name(out.stem + ".replies.jsonl")
+    done = _read_journal(journal, {**arguments, "model": loaded.name})
+    with journal.open("a", encoding="utf-8") as handle:
+        if handle.tell() == 0:  # a new journal starts with the settings it belongs to
+            handle.write(json.dumps({"arguments": {**arguments, "model": loaded.name}}) + "\n")
+
+        def journal_batch(first: int, batch: list[str]) -> None:
+            for offset, reply in enumerate(batch):
+                handle.write(json.dumps({"index": first + offset, "reply": reply}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+        replies = sample_responses(loaded, questions, sampling, batch_size=batch_size,
+                                   progress=progress, done=done, on_batch=journal_batch)
     records: list[dict[str, Any]] = []
     n_empty = 0
     for i, reply in enumerate(replies):
@@ -110,7 +131,6 @@ def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40
         else:
             records.append(record)
     traces = [trace_from_dict(r) for r in records]
-    out = Path(out)
     groups: dict[str, list[Trace]]
     if split_test > 0:
         ids = sorted({t.problem_id or t.id for t in traces})
@@ -129,10 +149,6 @@ def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40
         files=tuple(groups), n_problems=n_problems, n_chains=len(traces), n_empty=n_empty,
         step_label_rate=sum(labels) / max(len(labels), 1),
         accuracy=sum(bool(t.is_correct) for t in traces) / max(len(traces), 1))
-    arguments = {"n_problems": n_problems, "samples": samples, "seed": seed,
-                 "max_new_tokens": max_new_tokens, "temperature": temperature,
-                 "batch_size": batch_size, "split_test": split_test, "min_ops": min_ops,
-                 "max_ops": max_ops, "max_number": max_number}
     for path, group in groups.items():
         write_traces(path, group)
         meta = {
@@ -147,4 +163,24 @@ def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40
                               f" --test-share {split_test}" if split_test else ""),
         }
         atomic_write_text(Path(path).with_suffix(".meta.json"), json.dumps(meta, indent=2) + "\n")
+    journal.unlink()  # every output is written: the journal of replies has served its purpose
     return summary
+
+
+def _read_journal(path: Path, arguments: dict[str, Any]) -> dict[int, str]:
+    """Replies an interrupted run already sampled with the same arguments (index -> reply)."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0]) if lines else {}
+    if header.get("arguments") != arguments:
+        raise ValueError(f"{path} holds replies sampled with other settings; delete it to start "
+                         "over, or rerun with the settings it records.")
+    done: dict[int, str] = {}
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut off by an interruption: sample from there again
+        done[int(entry["index"])] = str(entry["reply"])
+    return done
