@@ -50,9 +50,12 @@ test: install browser-deps lint
 sample-traces: install
 	$(VENV)/bin/telltale make-traces --out sample_traces/arith_small.jsonl --problems 40 \
 	  --samples 2 --seed 0
+	$(VENV)/bin/telltale make-finetune-data --out-dir sample_traces
 
 bench: install
 	$(PY) bench/capture_overhead.py
+	$(PY) bench/probe_training.py
+	$(PY) bench/eaft_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -96,25 +96,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+    from core.evaluation import scored_traces
     from core.traces import write_traces
 
     bundle, traces, chains = _scored(args)
     threshold = args.threshold if args.threshold is not None else bundle.meta.threshold
-    by_id = {c.trace_id: c for c in chains}
-    out = []
-    for trace in traces:
-        chain = by_id.get(trace.id)
-        if chain is None:
-            continue
-        scores = {
-            "layer": bundle.meta.layer, "threshold": threshold, "probe": str(args.probe),
-            "step": None if chain.step_scores is None else [float(x) for x in chain.step_scores],
-            "prefix": [float(x) for x in chain.prefix_scores],
-            "alarm": [bool(x > threshold) for x in chain.prefix_scores],
-        }
-        out.append(replace(trace, extra={**trace.extra, "telltale_scores": scores}))
+    out = scored_traces(traces, chains, threshold=threshold, layer=bundle.meta.layer,
+                        probe_name=str(args.probe))
     write_traces(args.out, out)
     n_alarm = sum(any(t.extra["telltale_scores"]["alarm"]) for t in out)
     print(f"Scored {len(out)} chains ({n_alarm} with an alarm) into {args.out}.",

@@ -5,17 +5,24 @@ Baselines (fixed orientation, never chosen on test data): per step, mean token e
 NLL, max NLL, and 1 - min token probability; per prefix, the running mean (entropy, mean NLL),
 running max (max NLL) or running worst (min probability) of the step signal up to t; and the
 same linear probe on global-mean-pooled features (the SAPLMA-like baseline).
+
+For display and export: `step_phases` names each step's state from its two scores,
+`ranking_inputs` / `roc_curves` gather what an ROC plot needs, `scored_traces` adds the scores to
+the traces (the `telltale score` file), and `token_scores` applies the step probe to every token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from core.capture import record_residual
+from core.encode import encode_trace, prompt_text
 from core.feature_store import CaptureSet
 from core.metrics import (
     ChainScores,
@@ -25,11 +32,23 @@ from core.metrics import (
     f1_at,
     recovery_statistic,
     residual_time,
+    roc_curve_points,
 )
+from core.models import LoadedModel
 from core.probes import ProbeBundle
+from core.traces import Trace
 
 SIGNAL_BASELINES = ("mean_entropy", "mean_nll", "max_nll", "min_prob")
 BASELINE_NAMES = (*SIGNAL_BASELINES, "global_mean_probe")
+PROBE_NAME = "probe"  # the probes' row in `ranking_inputs` / `roc_curves`
+RANKING_LEVELS = ("step", "prefix", "final")
+
+# Step phases (`step_phases`): what the two scores say about a step.
+GROUNDED = "grounded"  # neither score is high
+SPIKE = "spike"  # the step probe fires, the prefix tracker does not (yet)
+DECEPTIVE = "deceptive stability"  # the step looks fine, the chain's state is bad
+COLLAPSE = "collapse"  # both are high
+PHASES = (GROUNDED, SPIKE, DECEPTIVE, COLLAPSE)
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,3 +222,153 @@ def scores_table(chains: Sequence[ScoredChain], threshold: float) -> pd.DataFram
                 else int(c.prefix_labels[t]),
             })
     return pd.DataFrame(rows)
+
+
+def step_phases(step_scores: Sequence[float] | np.ndarray,
+                prefix_scores: Sequence[float] | np.ndarray,
+                step_threshold: float, threshold: float) -> list[str]:
+    """The phase of every step from its step score c_step and prefix score c_prefix.
+
+    step high = c_step > step_threshold, prefix high = c_prefix > threshold (strictly, as the
+    alarm is); grounded = neither, spike = step only, deceptive stability = prefix only,
+    collapse = both.
+    """
+    if len(step_scores) != len(prefix_scores):
+        raise ValueError(f"{len(step_scores)} step scores but {len(prefix_scores)} prefix "
+                         "scores; give one of each per step.")
+    names = {(False, False): GROUNDED, (True, False): SPIKE, (False, True): DECEPTIVE,
+             (True, True): COLLAPSE}
+    return [names[(float(s) > step_threshold, float(p) > threshold)]
+            for s, p in zip(step_scores, prefix_scores, strict=True)]
+
+
+def ranking_inputs(chains: Sequence[ScoredChain],
+                   level: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(labels, scores) over the steps with a known label, for the probes ("probe") and each
+    baseline that has scores at this level, in BASELINE_NAMES order.
+
+    level "step": step scores against step labels, every step; "prefix": prefix scores against
+    prefix labels, every step; "final": the same at each chain's last step only. The inputs of
+    the AUROCs in `evaluation_report` and of an ROC plot.
+    """
+    if level not in RANKING_LEVELS:
+        raise ValueError(f"level must be one of {', '.join(RANKING_LEVELS)}, not {level!r}.")
+    if not chains:
+        return {}
+
+    def gather(scores_of: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        if any(scores_of(c) is None for c in chains):
+            return None
+        if level == "step":
+            labels = np.concatenate([c.step_labels for c in chains])
+            scores = np.concatenate([scores_of(c) for c in chains])
+        elif level == "prefix":
+            labels = np.concatenate([c.prefix_labels for c in chains])
+            scores = np.concatenate([scores_of(c) for c in chains])
+        else:
+            labels = np.array([c.prefix_labels[-1] for c in chains])
+            scores = np.array([scores_of(c)[-1] for c in chains])
+        return _known(labels, np.asarray(scores, dtype=np.float64))
+
+    pick_step = level == "step"
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    probe = gather((lambda c: c.step_scores) if pick_step else (lambda c: c.prefix_scores))
+    if probe is not None:
+        out[PROBE_NAME] = probe
+    for name in BASELINE_NAMES:
+        found = gather((lambda c, n=name: c.baselines_step.get(n)) if pick_step
+                       else (lambda c, n=name: c.baselines_prefix.get(n)))
+        if found is not None:
+            out[name] = found
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class RocCurve:
+    """One ROC curve: false- and true-positive rates (one point per distinct score) and AUROC."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auroc: float
+    n: int
+    n_pos: int
+
+
+def roc_curves(chains: Sequence[ScoredChain], level: str) -> dict[str, RocCurve]:
+    """ROC curves of the probes and the baselines at one level (see `ranking_inputs`); a scorer
+    whose known labels hold a single class has no curve and is left out."""
+    curves = {}
+    for name, (labels, scores) in ranking_inputs(chains, level).items():
+        area = auroc(labels, scores) if len(labels) else None
+        if area is None:
+            continue
+        fpr, tpr, _ = roc_curve_points(labels, scores)
+        curves[name] = RocCurve(fpr, tpr, area, int(len(labels)), int(labels.sum()))
+    return curves
+
+
+def scored_traces(traces: Sequence[Trace], chains: Sequence[ScoredChain], *, threshold: float,
+                  layer: int, probe_name: str) -> list[Trace]:
+    """The traces with their scores added under `extra["telltale_scores"]` (what `telltale score`
+    writes): layer, threshold, probe, per-step "step" (None without a step probe) and "prefix"
+    scores, and "alarm" = prefix > threshold. Traces without a scored chain are left out."""
+    by_id = {c.trace_id: c for c in chains}
+    out = []
+    for trace in traces:
+        chain = by_id.get(trace.id)
+        if chain is None:
+            continue
+        scores = {
+            "layer": layer, "threshold": threshold, "probe": probe_name,
+            "step": None if chain.step_scores is None else [float(x) for x in chain.step_scores],
+            "prefix": [float(x) for x in chain.prefix_scores],
+            "alarm": [bool(x > threshold) for x in chain.prefix_scores],
+        }
+        out.append(replace(trace, extra={**trace.extra, "telltale_scores": scores}))
+    return out
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """One response token: the step it belongs to, its text and the step probe's score on it."""
+
+    step: int
+    text: str
+    score: float
+
+
+@torch.no_grad()
+def token_scores(loaded: LoadedModel, bundle: ProbeBundle, trace: Trace,
+                 max_tokens: int = 2048) -> list[TokenScore]:
+    """The step probe applied to every response token on its own, for a heat map of where in a
+    step the probe's evidence sits.
+
+    score_i = sigmoid(w . h_i / ||h_i|| + b): h_i is token i's residual stream at the probe's
+    layer (teacher-forced, as when the chain was scored), w and b the step probe. A token's text
+    runs from the end of the token before it, so the texts of a step join into the step's text
+    (with the whitespace before it). Steps past `max_tokens` are left out.
+    """
+    if bundle.step is None:
+        raise ValueError("This probe file holds no step probe (it was trained without step "
+                         "labels), so tokens cannot be scored.")
+    bundle.check_model(loaded.spec, loaded.hidden_size)
+    encoded = encode_trace(loaded.tokenizer, trace, max_tokens)
+    prefix = prompt_text(loaded.tokenizer, trace)
+    full = prefix + trace.response
+    offsets = loaded.tokenizer(full, add_special_tokens=False,
+                               return_offsets_mapping=True)["offset_mapping"]
+    layer = bundle.meta.layer
+    ids = torch.tensor([encoded.input_ids], device=loaded.input_device)
+    with loaded.lock, record_residual(loaded.model, [layer],
+                                      layer_path=loaded.layer_path) as record:
+        loaded.model(input_ids=ids, use_cache=False)
+    hidden = record.stacked(layer)[0].float().cpu().numpy()
+    out = []
+    for step, (start, end) in enumerate(encoded.step_spans):
+        scores = bundle.step.scores(hidden[start:end])
+        for position, score in zip(range(start, end), scores, strict=True):
+            previous_end = int(offsets[position - 1][1]) if position > 0 else 0
+            text_start = max(previous_end, len(prefix))
+            text_end = max(int(offsets[position][1]), text_start)
+            out.append(TokenScore(step, full[text_start:text_end], float(score)))
+    return out

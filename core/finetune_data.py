@@ -12,7 +12,8 @@ Optional keys:
                  list of strings, each a substring of the response that states a new fact. Only
                  the three-way gate of `core.eaft` reads it: a confident conflict on a marked
                  token is overridden (learned), elsewhere it is protected.
-    "answer":    string or number, the checkable final answer (accuracy in `core.finetune`).
+    "answer":    string or number, the checkable final answer (accuracy in `core.finetune`);
+                 "a|b" lists accepted alternatives.
 Any other key is kept in `FinetuneExample.extra`.
 
 Which tokens are trained (labels != -100): the content of every assistant turn (the completion;
@@ -25,7 +26,6 @@ reader's record) naming the file, the line and the field; strict=True raises `Tr
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ import torch
 
 from core.atomic import atomic_path
 from core.chat import format_chat
-from core.traces import FieldError, TraceFileError, TraceIssue, _decode_line, _read_lines
+from core.traces import FieldError, TraceFileError, TraceIssue, read_records
 
 IGNORE_INDEX = -100
 SCHEMA_VERSION = 1
@@ -252,30 +252,9 @@ def read_finetune(source: str | Path | bytes, *, name: str | None = None, strict
     Blank lines are skipped; every other line gives an example or one TraceIssue (bad bytes,
     bad JSON, not an object, a bad field, an id seen before). strict=True raises TraceFileError.
     """
-    if name is None:
-        name = "<bytes>" if isinstance(source, bytes) else Path(source).name
-    stem = Path(name).stem if name != "<bytes>" else "line"
-    examples: list[FinetuneExample] = []
-    issues: list[TraceIssue] = []
-    first_line_of: dict[str, int] = {}
-    n_lines = 0
-    with (io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")) as stream:
-        for n_lines, raw in enumerate(_read_lines(stream, max_line_bytes), start=1):
-            if raw is not None and not raw.strip():
-                continue
-            try:
-                obj = _decode_line(raw, n_lines, max_line_bytes)
-                if not isinstance(obj, dict):
-                    raise FieldError("", f"expected a JSON object, got {type(obj).__name__}")
-                example = example_from_dict(obj, default_id=f"{stem}-{n_lines}")
-                if example.id in first_line_of:
-                    raise FieldError("id", f"duplicate id '{example.id}' (first on line "
-                                           f"{first_line_of[example.id]})")
-            except FieldError as error:
-                issues.append(TraceIssue(name, n_lines, error.field, error.message))
-                continue
-            first_line_of[example.id] = n_lines
-            examples.append(example)
+    examples, issues, n_lines = read_records(
+        source, lambda obj, default_id: example_from_dict(obj, default_id=default_id),
+        lambda example: example.id, name=name, max_line_bytes=max_line_bytes)
     if strict and issues:
         raise TraceFileError(issues)
     return FinetuneLoad(examples, issues, n_lines)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from core.atomic import atomic_path
 from core.steps import DEFAULT_SEGMENTER, Segmenter, split_steps
+
+R = TypeVar("R")
 
 SCHEMA_VERSION = 1
 _KNOWN_KEYS = frozenset({"id", "problem_id", "prompt", "response", "steps", "answer", "gold",
@@ -277,19 +279,19 @@ def _decode_line(raw: bytes | None, line: int, max_line_bytes: int) -> Any:
         raise FieldError("", f"invalid JSON: {error}") from None
 
 
-def read_traces(source: str | Path | bytes, *, name: str | None = None,
-                segmenter: Segmenter = DEFAULT_SEGMENTER, strict: bool = False,
-                max_line_bytes: int = 16_000_000) -> TraceLoad:
-    """Read a JSONL trace file (a path, or its bytes); lines are numbered from 1.
+def read_records(source: str | Path | bytes, build: Callable[[dict[str, Any], str], R],
+                 id_of: Callable[[R], str], *, name: str | None = None,
+                 max_line_bytes: int = 16_000_000) -> tuple[list[R], list[TraceIssue], int]:
+    """Read a JSONL file of records (a path, or its bytes) without ever stopping on a bad line.
 
-    Blank lines are skipped. Every other line gives a trace or one TraceIssue: bad bytes, bad
-    JSON, not an object, a bad field, an id seen on an earlier line. strict=True raises
-    TraceFileError when there is any issue.
+    `build(obj, default_id)` turns one JSON object into a record or raises FieldError. Returns
+    (records, one TraceIssue per bad line, number of lines); blank lines are skipped, lines
+    are numbered from 1, and an id seen on an earlier line is an issue.
     """
     if name is None:
         name = "<bytes>" if isinstance(source, bytes) else Path(source).name
     stem = Path(name).stem if name != "<bytes>" else "line"
-    traces: list[Trace] = []
+    records: list[R] = []
     issues: list[TraceIssue] = []
     first_line_of: dict[str, int] = {}
     n_lines = 0
@@ -301,15 +303,30 @@ def read_traces(source: str | Path | bytes, *, name: str | None = None,
                 obj = _decode_line(raw, n_lines, max_line_bytes)
                 if not isinstance(obj, dict):
                     raise FieldError("", f"expected a JSON object, got {type(obj).__name__}")
-                trace = trace_from_dict(obj, segmenter, default_id=f"{stem}-{n_lines}")
-                if trace.id in first_line_of:
-                    raise FieldError("id", f"duplicate id '{trace.id}' (first on line "
-                                           f"{first_line_of[trace.id]})")
+                record = build(obj, f"{stem}-{n_lines}")
+                if id_of(record) in first_line_of:
+                    raise FieldError("id", f"duplicate id '{id_of(record)}' (first on line "
+                                           f"{first_line_of[id_of(record)]})")
             except FieldError as error:
                 issues.append(TraceIssue(name, n_lines, error.field, error.message))
                 continue
-            first_line_of[trace.id] = n_lines
-            traces.append(trace)
+            first_line_of[id_of(record)] = n_lines
+            records.append(record)
+    return records, issues, n_lines
+
+
+def read_traces(source: str | Path | bytes, *, name: str | None = None,
+                segmenter: Segmenter = DEFAULT_SEGMENTER, strict: bool = False,
+                max_line_bytes: int = 16_000_000) -> TraceLoad:
+    """Read a JSONL trace file (a path, or its bytes); lines are numbered from 1.
+
+    Blank lines are skipped. Every other line gives a trace or one TraceIssue: bad bytes, bad
+    JSON, not an object, a bad field, an id seen on an earlier line. strict=True raises
+    TraceFileError when there is any issue.
+    """
+    traces, issues, n_lines = read_records(
+        source, lambda obj, default_id: trace_from_dict(obj, segmenter, default_id=default_id),
+        lambda trace: trace.id, name=name, max_line_bytes=max_line_bytes)
     if strict and issues:
         raise TraceFileError(issues)
     return TraceLoad(traces, issues, n_lines)

@@ -18,7 +18,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on th
 
 import streamlit as st  # noqa: E402
 
-from dashboard.views import traces  # noqa: E402
+from dashboard.views import live, traces  # noqa: E402
 from dashboard.sidebar import render_model_sidebar  # noqa: E402
 
 # One line per page: a module's render() function, its title, icon and URL. The pages live in
@@ -27,6 +27,7 @@ from dashboard.sidebar import render_model_sidebar  # noqa: E402
 PAGES = [
     st.Page(traces.render, title="Traces", icon=":material/timeline:", url_path="traces",
             default=True),
+    st.Page(live.render, title="Live", icon=":material/monitor_heart:", url_path="live"),
 ]
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from core.feature_store import signal_table
+from core.importers import import_traces
 from core.models import (
     DEFAULT_SPEC,
     DEVICES,
@@ -29,7 +30,7 @@ from core.models import (
     load_model,
 )
 from core.steps import Segmenter
-from core.traces import Trace, TraceLoad, read_traces
+from core.traces import Trace, TraceLoad
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_FOLDER = REPO_ROOT / "sample_traces"
@@ -150,11 +151,12 @@ def sample_files(folder: Path = SAMPLE_FOLDER) -> list[Path]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def read_trace_file(data: bytes, name: str, mode: str = "lines",
-                    pattern: str | None = None) -> TraceLoad:
-    """`core.traces.read_traces` on a file's bytes; never raises on bad content (problems are
-    in `.issues`). Raises ValueError only for a bad step-splitting mode or pattern."""
-    return read_traces(data, name=name, segmenter=Segmenter(mode, pattern))
+def read_trace_file(data: bytes, name: str, mode: str = "lines", pattern: str | None = None,
+                    format: str = "auto") -> TraceLoad:
+    """`core.importers.import_traces` on a file's bytes (any supported format; "auto" tells
+    which from the first record). Bad records never raise (problems are in `.issues`); raises
+    ValueError for a file whose shape fits no format, or a bad step-splitting mode or pattern."""
+    return import_traces(data, format, name=name, segmenter=Segmenter(mode, pattern))
 
 
 # ---------------------------------------------------------------------------- signals

@@ -223,3 +223,267 @@ def test_compute_signals_on_default_model_plots_marked_steps() -> None:
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     probs = [y for t in figure["data"] if t["type"] == "bar" for y in t["y"]]
     assert probs and all(0 < p <= 1 for p in probs)
+
+
+# ---------------------------------------------------------------------------- probe view
+
+from core.importers import import_traces  # noqa: E402
+from dashboard import diagnose_panels  # noqa: E402
+from dashboard import diagnose_state as dstate  # noqa: E402
+
+CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
+        "{% if add_generation_prompt %}w5 {% endif %}")
+
+
+def tiny_traces(n: int = 16) -> bytes:
+    """Chains in the tiny tokenizer's words (w6..w89), two per problem, one bad step each."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        bad = int(rng.integers(1, 4))
+        steps = [{"text": " ".join(f"w{int(x)}" for x in rng.integers(6, 90, 3)),
+                  "label": int(t == bad)} for t in range(int(rng.integers(3, 6)))]
+        lines.append(json.dumps({"id": f"c{i}", "problem_id": f"p{i // 2}",
+                                 "prompt": f"w{10 + i % 7} w11", "steps": steps,
+                                 "is_correct": bool(i % 3)}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama saved as a local model folder: the sidebar loads it in a second."""
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer(CHAT).save_pretrained(folder)
+    return folder
+
+
+def load_sidebar_model(at: AppTest, spec: str) -> AppTest:
+    at.sidebar.text_input[0].input(spec)
+    at.sidebar.button[0].click().run()
+    assert not at.exception and not at.sidebar.error
+    return at
+
+
+def probe_files(folder: Path, hidden: int, layer: int, name: str = "probe") -> tuple[bytes, bytes]:
+    """A probe pair with random weights for a model of hidden size `hidden`."""
+    import numpy as np
+
+    from core.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
+
+    rng = np.random.default_rng(0)
+    meta = ProbeMeta(model="default", model_name="test", hidden_size=hidden, layer=layer,
+                     step_pooling="exp", tracker_pooling="causal",
+                     baseline_pooling="prefix_mean", step_input=False, threshold=0.5,
+                     step_threshold=0.5, data_hash="h")
+    bundle = ProbeBundle(meta=meta, tracker=LinearProbe(rng.normal(size=hidden) * 4, 0.0),
+                         step=LinearProbe(rng.normal(size=hidden) * 4, 0.0))
+    weights, sidecar = save_probe(folder / name, bundle)
+    return weights.read_bytes(), sidecar.read_bytes()
+
+
+def upload_probe(at: AppTest, weights: bytes, sidecar: bytes) -> AppTest:
+    at.radio(key="probe_source").set_value("upload").run()
+    at.file_uploader(key="probe_upload_weights").upload("p.safetensors", weights,
+                                                        "application/octet-stream")
+    at.file_uploader(key="probe_upload_sidecar").upload("p.json", sidecar, "application/json")
+    return at.run()
+
+
+def step_headers(at: AppTest) -> list[str]:
+    return [m for m in texts(at.markdown) if m.startswith("**Step ")]
+
+
+def test_without_shipped_probes_the_page_offers_upload_and_train() -> None:
+    at = upload(start(), "mixed.jsonl", MIXED_FILE)
+    assert not at.exception
+    options = at.radio(key="probe_source").options
+    if dstate.shipped_probes():
+        assert options[0] == "shipped with Telltale"
+    else:
+        assert options == ["upload a probe", "train one here on this file"]
+        assert any("No probe ships" in c for c in texts(at.caption))
+    assert any("Upload both files" in i for i in texts(at.info))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("garbage weights", "p.safetensors is not a Telltale probe's weights file"),
+    ("list sidecar", "The probe sidecar p.json must be a JSON object"),
+    ("sidecar without fields", "Probe sidecar p.json is not valid"),
+    ("sidecar not JSON", "The probe sidecar p.json is not valid JSON"),
+])
+def test_bad_probe_upload_shows_an_error_not_an_exception(case: str, expected: str,
+                                                          tmp_path: Path) -> None:
+    weights, sidecar = probe_files(tmp_path, 32, 1)
+    weights, sidecar = {"garbage weights": (b"not a safetensors file", sidecar),
+                        "list sidecar": (weights, b"[1, 2]"),
+                        "sidecar without fields": (weights, b'{"model": "m"}'),
+                        "sidecar not JSON": (weights, b"\xff{")}[case]
+    at = upload_probe(upload(start(), "mixed.jsonl", MIXED_FILE), weights, sidecar)
+    assert not at.exception
+    errors = texts(at.error)
+    assert len(errors) == 1 and errors[0].startswith(expected), errors
+    assert "Traceback" not in errors[0] and "/tmp" not in errors[0]
+    assert not [b for b in at.button if b.label == "Score with this probe"]
+
+
+def test_a_good_probe_upload_shows_its_card(tmp_path: Path) -> None:
+    at = upload_probe(upload(start(), "mixed.jsonl", MIXED_FILE), *probe_files(tmp_path, 32, 1))
+    assert not at.exception and not at.error
+    card = next(c for c in texts(at.caption) if c.startswith("**p**"))
+    assert "hidden size 32" in card and "layer **1**" in card
+    assert "alarm threshold **0.500**" in card
+    assert button(at, "Score with this probe")
+    assert any("Press **Score with this probe**" in i for i in texts(at.info))
+
+
+def test_unknown_file_shape_is_an_error_and_other_formats_load() -> None:
+    at = upload(start(), "odd.jsonl", b'{"arguments": {"seed": 1}}\n')
+    assert not at.exception
+    assert texts(at.error)[0].startswith("Cannot tell the trace format from the first record")
+    gsm8k = json.dumps({"question": "Tom has 3 apples and gets 4 more. How many?",
+                        "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}) + "\n"
+    at = upload(start(), "gsm.jsonl", gsm8k.encode())
+    assert not at.exception and not at.error
+    at.selectbox(key="traces_chain").select_index(0).run()
+    assert at.table[0].value["text"].tolist() == ["3 + 4 = 7"]
+
+
+def test_shipped_probes_need_their_sidecar(tmp_path: Path) -> None:
+    (tmp_path / "b.safetensors").write_bytes(b"w")
+    (tmp_path / "b.json").write_text("{}")
+    (tmp_path / "a.safetensors").write_bytes(b"w")  # no sidecar: not offered
+    assert [p.name for p in dstate.shipped_probes(tmp_path)] == ["b.safetensors"]
+    assert dstate.shipped_probes(tmp_path / "missing") == []
+    probe = dstate.read_probe_file(tmp_path / "b.safetensors")
+    assert (probe.name, probe.weights, probe.sidecar) == ("b", b"w", b"{}")
+    assert probe.hash != dstate.ProbeFile("b", b"w", b"{ }").hash
+
+
+def test_probe_requests_round_trip_through_session_state() -> None:
+    score = dstate.ScoreRequest(("default", "cpu", "auto"), "f", ("auto", "lines", None), "p")
+    assert json.loads(json.dumps(score.to_state())) == score.to_state()
+    assert dstate.ScoreRequest.from_state(score.to_state()) == score
+    assert dstate.ScoreRequest.from_state({"model": []}) is None
+    train = dstate.TrainRequest(("default", "cpu", "auto"), "f", ("auto", "regex", "^x"), "4-8",
+                                True, 3, "exp3", True)
+    assert json.loads(json.dumps(train.to_state())) == train.to_state()
+    assert dstate.TrainRequest.from_state(train.to_state()) == train
+    assert dstate.TrainRequest.from_state("junk") is None
+
+
+def test_decide_focus_follows_the_newest_selection() -> None:
+    seen = {"table": "[]", "chart": "null", "chain": "a"}
+    row, bar = ("[3]", ["b", 2]), ("[\"a\", 1]", ["a", 1])
+    nothing_t, nothing_c = ("[]", None), ("null", None)
+    assert diagnose_panels.decide_focus(seen, row, nothing_c, "a", None) == ["b", 2]
+    assert diagnose_panels.decide_focus(seen, nothing_t, bar, "a", None) == ["a", 1]
+    assert diagnose_panels.decide_focus(seen, row, bar, "a", None) == ["b", 2]  # table first
+    # nothing new: the focus stays; another chain picked: it clears
+    assert diagnose_panels.decide_focus(seen, nothing_t, nothing_c, "a", ["a", 4]) == ["a", 4]
+    assert diagnose_panels.decide_focus(seen, nothing_t, nothing_c, "c", ["a", 4]) is None
+    # a selection seen before does not take the focus back
+    seen_row = {**seen, "table": "[3]"}
+    assert diagnose_panels.decide_focus(seen_row, row, nothing_c, "a", ["a", 4]) == ["a", 4]
+
+
+def test_train_score_and_inspect_on_a_tiny_model(tiny_model_dir: Path) -> None:
+    at = load_sidebar_model(start(), str(tiny_model_dir))
+    at = upload(at, "tiny.jsonl", tiny_traces())
+    at.radio(key="probe_source").set_value("train").run()
+    at.number_input(key="probe_train_layer").set_value(1)
+    at.number_input(key="probe_train_epochs").set_value(2)
+    button(at, "Train probe").click().run()
+    assert not at.exception and not at.error
+    assert texts(at.success)[0].startswith("Trained tiny-L1 on ")
+    labels = [b.label for b in at.download_button]
+    assert "Download the trained probe weights (.safetensors)" in labels
+    assert any(c.startswith("**tiny-L1**: step probe + prefix tracker") for c in texts(at.caption))
+
+    button(at, "Score with this probe").click().run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["chains scored"] == "16" and metrics["steps scored"] == metrics["steps"]
+    flagged_table = next(d for d in at.dataframe if (d.key or "").startswith("probe_flagged_"))
+    flagged = flagged_table.value
+    assert len(flagged) == int(metrics["flagged steps"]) > 0
+    assert flagged["step_score"].is_monotonic_decreasing
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    chain = at.selectbox(key="traces_chain").value
+    bars = next(t for t in chart["data"] if t.get("name") == "step score")
+    n_steps = {t.id: t.n_steps for t in import_traces(tiny_traces()).traces}
+    assert bars["x"] == list(range(n_steps[chain]))
+    assert step_headers(at) and step_headers(at)[0].endswith(
+        "(click a bar to inspect another step)")
+    assert len(at.get("html")) == 1  # the token heat map
+    corpus = next(d.value for d in at.dataframe if "step_auroc" in d.value.columns)
+    assert corpus["scores"].tolist()[0].startswith("probes") and len(corpus) == 6
+    for label in ("Download the scored chains (JSONL)", "Download the metrics (JSON)",
+                  "Download the metrics (CSV)", "Download this chart (HTML)",
+                  "Download the ROC curves (HTML)"):
+        assert label in [b.label for b in at.download_button]
+
+    # a flagged step of another chain: the chain picker follows, the inspector shows it
+    other = flagged[flagged["trace_id"] != chain].iloc[0]
+    row = int(flagged.index[flagged["trace_id"] != chain][0])
+    at.session_state[flagged_table.key] = {"selection": {"rows": [row], "columns": [],
+                                                         "cells": []}}
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="traces_chain").value == other["trace_id"]
+    assert step_headers(at)[0].startswith(f"**Step {other['step']} of chain {other['trace_id']}**")
+    # a click on a bar of the chart inspects that step
+    key = flagged_table.key.replace("probe_flagged_", "probe_chart_") + f"_{other['trace_id']}"
+    at.session_state[key] = {"selection": {
+        "points": [{"customdata": [other["trace_id"], 0, "text"], "x": 0, "y": 0.1}],
+        "point_indices": [0], "box": [], "lasso": []}}
+    at.run()
+    assert not at.exception
+    assert step_headers(at)[0].startswith(f"**Step 0 of chain {other['trace_id']}**")
+    for name, value in at.session_state.items():  # small plain values only
+        if not str(name).startswith(("traces_upload", "probe_flagged_", "probe_chart_")):
+            json.dumps(value)
+
+
+def test_probe_for_another_model_is_an_error_when_scoring(tiny_model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    at = load_sidebar_model(start(), str(tiny_model_dir))
+    at = upload_probe(upload(at, "tiny.jsonl", tiny_traces(4)), *probe_files(tmp_path, 64, 1))
+    button(at, "Score with this probe").click().run()
+    assert not at.exception
+    errors = texts(at.error)
+    assert len(errors) == 1 and "hidden size 64" in errors[0] and "hidden size 32" in errors[0]
+
+
+def test_training_on_unusable_data_is_one_sentence(tiny_model_dir: Path) -> None:
+    one_problem = b"".join(line + b"\n" for line in tiny_traces(2).splitlines())
+    at = load_sidebar_model(start(), str(tiny_model_dir))
+    at = upload(at, "one.jsonl", one_problem)
+    at.radio(key="probe_source").set_value("train").run()
+    button(at, "Train probe").click().run()
+    assert not at.exception
+    assert texts(at.error) == ["Training failed: Need chains of at least two problems to hold "
+                               "some out for validation."]
+
+
+@pytest.mark.e2e
+def test_score_with_a_probe_on_the_default_model(tmp_path: Path) -> None:
+    at = upload(start(), "mixed.jsonl", MIXED_FILE)
+    at = upload_probe(at, *probe_files(tmp_path, 576, 15))
+    button(at, "Score with this probe").click().run(timeout=COMPUTE_TIMEOUT)
+    assert not at.exception and not at.error
+    assert any("SmolLM2" in m for m in texts(at.sidebar.markdown))
+    at.selectbox(key="traces_chain").select("p1-c0").run(timeout=COMPUTE_TIMEOUT)
+    assert not at.exception and not at.error
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    bars = next(t for t in figure["data"] if t.get("name") == "step score")
+    assert bars["x"] == [0, 1, 2] and all(0 <= y <= 1 for y in bars["y"])
+    assert "7 * 2 = 15" in bars["customdata"][1][2]
+    marked = next(t for t in figure["data"] if t.get("name") == "labelled hallucinated")
+    assert marked["x"] == [1]
+    assert len(at.get("html")) == 1  # the token heat map of the inspected step
+    assert {m.label: m.value for m in at.metric}["chains scored"] == "3"

@@ -1,8 +1,11 @@
-"""Traces page: load a trace file, browse its chains and their step labels, and plot the model's
-per-step baseline signals (entropy, NLL, min token probability) with hallucinated steps marked.
+"""Traces page: load a trace file (any supported format), browse its chains and their step
+labels, diagnose them with a probe (step scores, prefix trajectory, flagged steps, corpus
+metrics against the baselines), and plot the model's per-step baseline signals.
 
 Thin by design: reading files, scoring and metrics are `core` calls made through
-`dashboard.state` (cached); tables and figures come from `dashboard.charts`.
+`dashboard.state` and `dashboard.diagnose_state` (cached); the probe section and its views are
+`dashboard.probe_picker` and `dashboard.diagnose_panels`; tables and figures come from
+`dashboard.charts` and `dashboard.charts_diagnose`.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.importers import FORMATS
 from core.metrics import auroc
 from core.steps import SEGMENT_MODES
 from core.traces import Trace, TraceLoad
-from dashboard import charts, state
+from dashboard import charts, charts_diagnose, diagnose_panels, probe_picker, state
 from dashboard.sidebar import request_model
 
 SAMPLE_KEY = "traces_sample"
 UPLOAD_KEY = "traces_upload"
+FORMAT_KEY = "traces_format"
 MODE_KEY = "traces_segment_mode"
 PATTERN_KEY = "traces_segment_pattern"
 CHAIN_KEY = "traces_chain"
@@ -41,9 +46,10 @@ def choose_file() -> tuple[str, bytes] | None:
     left, right = st.columns(2)
     with right:
         upload = st.file_uploader(
-            "Upload a trace file (JSONL)", type=["jsonl", "json"], key=UPLOAD_KEY,
-            help="One chain per line: {\"id\", \"prompt\", \"steps\": [{\"text\", \"label\"}] "
-                 "or \"response\", \"is_correct\", ...}; labels 0, 1 or null.")
+            "Upload a trace file (JSONL or JSON)", type=["jsonl", "json"], key=UPLOAD_KEY,
+            help="Telltale's own format (one chain per line: {\"id\", \"prompt\", \"steps\": "
+                 "[{\"text\", \"label\"}] or \"response\", \"is_correct\", ...}; labels 0, 1 "
+                 "or null), or CHAINED, PRM800K, ProcessBench or GSM8K-style files.")
     with left:
         if samples:
             sample = st.selectbox("Sample trace file", list(samples), key=SAMPLE_KEY,
@@ -59,16 +65,21 @@ def choose_file() -> tuple[str, bytes] | None:
     return None
 
 
-def choose_segmenter() -> tuple[str, str | None]:
-    """How responses given as one string are cut into steps (files with step lists ignore it)."""
-    with st.expander("Step splitting (for chains given as one `response` string)"):
+def choose_reading() -> tuple[str, str, str | None]:
+    """The file's format ("auto" tells from its first record) and how responses given as one
+    string are cut into steps (files with step lists ignore it)."""
+    with st.expander("Reading options: format, and step splitting for chains given as one "
+                     "`response` string"):
+        fmt = st.selectbox("Format", FORMATS, key=FORMAT_KEY,
+                           help="auto: tell from the first record. native: Telltale's JSONL; "
+                                "chained, prm800k, processbench, gsm8k: those data sets' files.")
         mode = st.selectbox("Split responses into steps by", SEGMENT_MODES, key=MODE_KEY,
                             format_func=lambda m: f"{m}: {MODE_HELP.get(m, '')}")
         pattern = None
         if mode == "regex":
             pattern = st.text_input("Step-start pattern (Python regex, ^ = line start)",
                                     value=r"^(?:First|Then|Next|Finally)\b", key=PATTERN_KEY)
-    return mode, pattern
+    return str(fmt), str(mode), pattern
 
 
 def report_issues(load: TraceLoad, name: str) -> None:
@@ -234,10 +245,10 @@ def render() -> None:
     if chosen is None:
         return
     name, data = chosen
-    mode, pattern = choose_segmenter()
+    fmt, mode, pattern = choose_reading()
     try:
-        load = state.read_trace_file(data, name, mode, pattern)
-    except ValueError as error:  # a bad segmenting pattern; file content never raises
+        load = state.read_trace_file(data, name, mode, pattern, fmt)
+    except ValueError as error:  # a shape no format fits, or a bad step-splitting pattern
         st.error(str(error))
         return
     report_issues(load, name)
@@ -249,21 +260,37 @@ def render() -> None:
     table = charts.chain_table(load.traces)
     show_summary(table)
     show_chain_table(table, stem)
-
-    st.subheader("Chain")
+    file_hash = state.content_hash(data)
     ids = [trace.id for trace in load.traces]
     by_id = {trace.id: trace for trace in load.traces}
+
+    st.subheader("Probe")
+    st.caption("Score every step with a step probe and prefix tracker read from the model's "
+               "hidden states: where does the chain go wrong?")
+    scored = probe_picker.probe_section(file_hash, (fmt, mode, pattern), load.traces, stem)
+    if scored is not None:
+        flagged = charts_diagnose.flagged_steps(scored.steps, scored.step_threshold,
+                                                scored.threshold)
+        diagnose_panels.resolve_focus(scored, flagged, CHAIN_KEY, ids)
+        diagnose_panels.headline(scored, flagged)
+        diagnose_panels.show_flagged(scored, flagged)
+
+    st.subheader("Chain")
     selected = st.selectbox("Chain to inspect", ids, key=CHAIN_KEY, format_func=lambda i: (
         f"{i} ({by_id[i].n_steps} steps, "
         f"{sum(label == 1 for label in by_id[i].step_labels)} hallucinated)"))
     if selected not in by_id:  # the file changed under a kept selection
         selected = ids[0]
+    if scored is not None:
+        diagnose_panels.show_chain_scores(scored, selected, stem)
     show_chain(by_id[selected])
+    if scored is not None:
+        diagnose_panels.show_corpus(scored, stem)
 
     st.subheader("Per-step signals")
-    file_hash = state.content_hash(data)
     segmenter = (mode, pattern)
-    ask_for_signals(file_hash, segmenter, ids, selected)
-    signals = current_signals(file_hash, segmenter, load.traces)
+    signal_hash = state.content_hash(data + fmt.encode())
+    ask_for_signals(signal_hash, segmenter, ids, selected)
+    signals = current_signals(signal_hash, segmenter, load.traces)
     if signals is not None:
         show_signals(signals, selected, stem)

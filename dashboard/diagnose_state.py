@@ -1,0 +1,339 @@
+"""What the Traces page's probe view computes and keeps, beside `dashboard.state`: probe files
+(shipped, uploaded or trained here), probe scores of a file, per-token scores and reports.
+
+- A probe is held as its two files' bytes (`ProbeFile`) and named by their content hash; the
+  parsed `ProbeBundle` is cached on that hash. Probes trained here live in a process-wide store
+  (`st.cache_resource`), session state holds only their hash.
+- Scores are cached with `st.cache_data` per block of chains, keyed on the model, the trace
+  file's content hash and reading options, and the probe's hash; so a rerun, another chain or
+  another session reuses them, and progress can be reported between blocks.
+- Nothing here draws on the page; the maths is `core` (capture, score_capture, step_phases,
+  evaluation_report, roc_curves, token_scores).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.evaluation import (
+    RocCurve,
+    ScoredChain,
+    TokenScore,
+    evaluation_report,
+    roc_curves,
+    score_capture,
+    scores_table,
+    step_phases,
+    token_scores,
+)
+from core.feature_store import CaptureConfig, capture_in_memory
+from core.probes import ProbeBundle, TrackerConfig, load_probe, save_probe
+from core.traces import Trace
+from dashboard.state import SAMPLE_FOLDER, content_hash, get_model
+
+PROBE_FOLDER = SAMPLE_FOLDER / "probes"
+SCORE_REQUEST_KEY = "probe_score_request"  # session state: what "Score" asked for
+TRAIN_REQUEST_KEY = "probe_train_request"  # session state: a training waiting for its model
+TRAINED_KEY = "probe_trained"  # session state: {"hash", "name"} of the probe trained here
+BLOCK_CHAINS = 8  # chains per cached scoring block (progress is reported between blocks)
+STORE_SIZE = 16  # probes trained here kept per process
+
+Progress = Callable[[int, int], None]
+Reading = tuple[str, str, str | None]  # (format, step-splitting mode, pattern)
+
+
+@dataclass(frozen=True)
+class ProbeFile:
+    """A probe as its two files: weights (safetensors) and the JSON sidecar."""
+
+    name: str
+    weights: bytes
+    sidecar: bytes
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.weights + b"\0" + self.sidecar)
+
+
+def shipped_probes(folder: Path = PROBE_FOLDER) -> list[Path]:
+    """Probe weight files in sample_traces/probes/ that have their .json sidecar, by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.safetensors") if p.with_suffix(".json").is_file())
+
+
+def read_probe_file(weights_path: Path) -> ProbeFile:
+    return ProbeFile(weights_path.stem, weights_path.read_bytes(),
+                     weights_path.with_suffix(".json").read_bytes())
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def probe_bundle(probe_hash: str, _weights: bytes, _sidecar: bytes,
+                 _name: str = "probe") -> ProbeBundle:
+    """Parse a probe from its files' bytes (cached on their hash; `_name` only names the files
+    in error messages). Raises ValueError with one sentence for anything that is not a probe
+    file pair."""
+    try:
+        sidecar = json.loads(_sidecar.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"The probe sidecar {_name}.json is not valid JSON ({error}).") from None
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"The probe sidecar {_name}.json must be a JSON object (the file "
+                         f"`telltale train` writes), not a {type(sidecar).__name__}.")
+    with tempfile.TemporaryDirectory(prefix="telltale-probe-") as folder:
+        base = Path(folder) / _name
+        base.with_name(f"{_name}.safetensors").write_bytes(_weights)
+        base.with_name(f"{_name}.json").write_bytes(_sidecar)
+        try:
+            return load_probe(base)
+        except ValueError as error:
+            raise ValueError(str(error).replace(f"{folder}/", "")) from None
+        except Exception as error:  # noqa: BLE001 - safetensors' own errors and the like
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"{_name}.safetensors is not a Telltale probe's weights file "
+                             f"({type(error).__name__}: {first}); a probe is the .safetensors "
+                             "file and the .json sidecar that `telltale train` writes.") from None
+
+
+def load_bundle(probe: ProbeFile) -> ProbeBundle:
+    return probe_bundle(probe.hash, probe.weights, probe.sidecar, probe.name)
+
+
+@st.cache_resource(show_spinner=False)
+def trained_store() -> dict[str, ProbeFile]:
+    """Probes trained in this process, by hash (the newest STORE_SIZE)."""
+    return {}
+
+
+def keep_trained(probe: ProbeFile) -> None:
+    store = trained_store()
+    store[probe.hash] = probe
+    while len(store) > STORE_SIZE:
+        store.pop(next(iter(store)))
+
+
+def bundle_files(bundle: ProbeBundle, name: str) -> ProbeFile:
+    """A bundle as its two files' bytes (written by `core.probes.save_probe`)."""
+    with tempfile.TemporaryDirectory(prefix="telltale-probe-") as folder:
+        weights, sidecar = save_probe(Path(folder) / name, bundle)
+        return ProbeFile(name, weights.read_bytes(), sidecar.read_bytes())
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """What "Score with this probe" asked for; kept in session state as plain values."""
+
+    model: tuple[str, str, str]
+    file_hash: str
+    reading: Reading
+    probe_hash: str
+
+    def to_state(self) -> dict[str, Any]:
+        return {"model": list(self.model), "file_hash": self.file_hash,
+                "reading": list(self.reading), "probe_hash": self.probe_hash}
+
+    @classmethod
+    def from_state(cls, value: object) -> ScoreRequest | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            spec, device, dtype = value["model"]
+            fmt, mode, pattern = value["reading"]
+            return cls((str(spec), str(device), str(dtype)), str(value["file_hash"]),
+                       (str(fmt), str(mode), pattern), str(value["probe_hash"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def key(self) -> str:
+        """A short name of this scoring, for widget keys and caches."""
+        return content_hash(json.dumps(self.to_state()).encode())
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A "Train" press: the file, the layer(s) and the options; plain values."""
+
+    model: tuple[str, str, str]
+    file_hash: str
+    reading: Reading
+    layers: str  # "middle", one layer "15", or a sweep "all" / "4-20" / "8,12,16"
+    sweep: bool
+    epochs: int
+    step_pooling: str
+    step_input: bool
+
+    def to_state(self) -> dict[str, Any]:
+        state = asdict(self)
+        state["model"], state["reading"] = list(self.model), list(self.reading)
+        return state
+
+    @classmethod
+    def from_state(cls, value: object) -> TrainRequest | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            spec, device, dtype = value["model"]
+            fmt, mode, pattern = value["reading"]
+            return cls((str(spec), str(device), str(dtype)), str(value["file_hash"]),
+                       (str(fmt), str(mode), pattern), str(value["layers"]),
+                       bool(value["sweep"]), int(value["epochs"]), str(value["step_pooling"]),
+                       bool(value["step_input"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def get_request(key: str, kind: type[ScoreRequest] | type[TrainRequest]) -> Any:
+    return kind.from_state(st.session_state.get(key))
+
+
+def set_request(key: str, request: ScoreRequest | TrainRequest | None) -> None:
+    if request is None:
+        st.session_state.pop(key, None)
+    else:
+        st.session_state[key] = request.to_state()
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def train_here(request: TrainRequest, traces: Sequence[Trace], name: str,
+               capture_progress: Progress | None = None,
+               train_progress: Progress | None = None) -> tuple[ProbeFile, Any]:
+    """Capture the file's chains at the requested layer(s), train the probes (choosing the layer
+    on validation chains for a sweep), and keep the probe in the trained store. Returns the
+    probe files and `core.probe_training.TrainResult`. ValueError for unusable data."""
+    from core.layers import parse_layers
+    from core.probe_training import TrainConfig, train_probes
+
+    loaded = get_model(*request.model)
+    text = str(loaded.n_layers // 2) if request.layers.strip() in ("", "middle") else \
+        request.layers
+    layers = parse_layers(text, loaded.n_layers)
+    if not request.sweep:
+        layers = layers[:1]
+    config = TrainConfig(step_pooling=request.step_pooling, tracker=TrackerConfig(
+        epochs=request.epochs, step_input=request.step_input))
+    capture = capture_in_memory(loaded, list(traces), CaptureConfig(
+        layers=tuple(layers), poolings=config.poolings, batch_size=4), capture_progress)
+    if capture.index.empty:
+        raise ValueError("No chain of this file could be read by the model (too long, or steps "
+                         "without tokens of their own).")
+    result = train_probes(capture, layers, config, train_progress)
+    probe = bundle_files(result.bundle, f"{name}-L{result.bundle.meta.layer}")
+    keep_trained(probe)
+    return probe, result
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def score_block(model: tuple[str, str, str], file_hash: str, reading: Reading, probe_hash: str,
+                trace_ids: tuple[str, ...], _traces: Sequence[Trace],
+                _bundle: ProbeBundle) -> tuple[list[ScoredChain], list[str]]:
+    """Probe scores of a few chains (cached; the other arguments name `_traces` and
+    `_bundle`): the scored chains, and why any chain was left out."""
+    loaded = get_model(*model)
+    config = CaptureConfig(layers=(_bundle.meta.layer,), poolings=_bundle.poolings,
+                           batch_size=4)
+    capture = capture_in_memory(loaded, list(_traces), config)
+    skipped = [str(reason) for reason in capture.manifest.get("skipped", [])]
+    if capture.index.empty:
+        return [], skipped
+    return score_capture(_bundle, capture), skipped
+
+
+def score_file(request: ScoreRequest, traces: Sequence[Trace], bundle: ProbeBundle,
+               progress: Progress | None = None) -> tuple[list[ScoredChain], list[str]]:
+    """Scores of every chain of a file, block by block (each cached on its own)."""
+    loaded = get_model(*request.model)
+    bundle.check_model(request.model[0], loaded.hidden_size)
+    if bundle.meta.layer >= loaded.n_layers:
+        raise ValueError(f"This probe reads layer {bundle.meta.layer}, but the model has "
+                         f"{loaded.n_layers} layers.")
+    chains: list[ScoredChain] = []
+    skipped: list[str] = []
+    blocks = [list(traces[i : i + BLOCK_CHAINS]) for i in range(0, len(traces), BLOCK_CHAINS)]
+    for done, block in enumerate(blocks, start=1):
+        got, left_out = score_block(request.model, request.file_hash, request.reading,
+                                    request.probe_hash, tuple(t.id for t in block), block,
+                                    bundle)
+        chains.extend(got)
+        skipped.extend(left_out)
+        if progress:
+            progress(done, len(blocks))
+    return chains, skipped
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def step_table(score_key: str, _chains: Sequence[ScoredChain], _traces: Sequence[Trace],
+               threshold: float, step_threshold: float) -> pd.DataFrame:
+    """One row per scored step (`dashboard.charts_diagnose.STEP_COLUMNS`): scores, alarm,
+    labels, step text and phase ("" without a step probe)."""
+    table = scores_table(_chains, threshold)
+    if table.empty:
+        return pd.DataFrame(columns=["trace_id", "step", "text", "step_score", "prefix_score",
+                                     "alarm", "label", "prefix_label", "phase"])
+    texts = {t.id: [s.text for s in t.steps] for t in _traces}
+    table["text"] = [texts[tid][step] for tid, step in zip(table["trace_id"], table["step"],
+                                                           strict=True)]
+    phases: list[str] = []
+    for chain in _chains:
+        if chain.step_scores is None:
+            phases.extend([""] * chain.n_steps)
+        else:
+            phases.extend(step_phases(chain.step_scores, chain.prefix_scores, step_threshold,
+                                      threshold))
+    table["phase"] = phases
+    table["step_score"] = pd.to_numeric(table["step_score"], errors="coerce")
+    return table
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def file_report(score_key: str, k: int, _chains: Sequence[ScoredChain], threshold: float,
+                step_threshold: float | None) -> dict[str, Any]:
+    """`core.evaluation.evaluation_report` of a scored file (JSON-ready: plain floats)."""
+    report = evaluation_report(_chains, threshold, step_threshold, k=k)
+    return dict(json.loads(json.dumps(report, default=_plain)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return float(value)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def file_roc_curves(score_key: str, level: str,
+                    _chains: Sequence[ScoredChain]) -> dict[str, RocCurve]:
+    return roc_curves(_chains, level)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def chain_token_scores(model: tuple[str, str, str], file_hash: str, reading: Reading,
+                       probe_hash: str, trace_id: str, _trace: Trace,
+                       _bundle: ProbeBundle) -> list[TokenScore]:
+    """`core.evaluation.token_scores` of one chain (one forward pass), cached."""
+    return token_scores(get_model(*model), _bundle, _trace)
+
+
+__all__ = [
+    "BLOCK_CHAINS", "PROBE_FOLDER", "SCORE_REQUEST_KEY", "TRAINED_KEY", "TRAIN_REQUEST_KEY",
+    "ProbeFile", "ScoreRequest", "TrainRequest", "bundle_files", "chain_token_scores",
+    "file_report", "file_roc_curves", "get_request", "keep_trained", "load_bundle",
+    "probe_bundle", "read_probe_file", "score_block", "score_file", "set_request",
+    "shipped_probes", "step_table", "trained_store", "train_here",
+]

@@ -1,0 +1,354 @@
+"""Live page: the model writes a reply while the probes watch. The text streams in, the step
+scores (c_step bars, the c_prefix line) grow step by step, an alarm shows where it fires, and in
+backtrack mode every discarded attempt stays on the page, struck through, with its scores.
+
+The run works in a background thread (`dashboard.live_state.LiveJob`); this page starts it,
+follows it by updating placeholders in place (no full-page rerun per token) and stops it through
+`monitor_events`' `should_stop` when Stop is pressed. Figures and the transcript come from
+`dashboard.charts_live`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import streamlit as st
+
+from core.monitor import MonitorConfig
+from core.probes import ProbeBundle
+from dashboard import charts_live, live_state, state
+from dashboard.sidebar import request_model
+
+JOB_KEY = "live_job"  # session state: the id of this session's latest run
+PENDING_KEY = "live_start_pending"  # Start was pressed: start the run in this rerun
+SAMPLE_KEY = "live_sample"
+PROMPT_KEY = "live_prompt"
+PROBE_KEY = "live_probe"
+PROBE_PATH_KEY = "live_probe_path"
+PROBE_UPLOAD_KEY = "live_probe_upload"
+THRESHOLD_KEY = "live_threshold"
+THRESHOLD_FOR_KEY = "live_threshold_for"  # the probe the threshold slider was last reset for
+MODE_KEY = "live_mode"
+TEMPERATURE_KEY = "live_temperature"
+TOP_P_KEY = "live_top_p"
+MAX_TOKENS_KEY = "live_max_tokens"
+SEED_KEY = "live_seed"
+RETRIES_KEY = "live_retries"
+MAX_BACKTRACKS_KEY = "live_max_backtracks"
+RETRY_STEP_KEY = "live_retry_temperature_step"
+
+PATH_OPTION = "a probe file on this machine ..."
+UPLOAD_OPTION = "upload a probe (.safetensors + .json) ..."
+OWN_PROMPT = "(your own prompt)"
+POLL_S = 0.15  # how often a running job is read; the text and chart redraw only on change
+PANEL_HEIGHT = 440
+MODE_HELP = {
+    "watch": "watch: flag alarms, let the model write on",
+    "stop": "stop: end generation at the first alarm (the kill switch)",
+    "backtrack": "backtrack: drop an alarming step and let the model rewrite it",
+}
+NO_PROBE = (
+    "No probe yet. A probe is trained for one model; for the default model:\n\n"
+    "```\ntelltale train --model default --traces sample_traces/arith_small.jsonl "
+    "--out my-probe --layer 15\n```\n"
+    "then choose **a probe file on this machine** and type `my-probe`, or upload "
+    "`my-probe.safetensors` with `my-probe.json`.")
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def use_sample() -> None:
+    """Copy the chosen sample problem into the prompt box (on_change of the sample select)."""
+    chosen = st.session_state.get(SAMPLE_KEY)
+    prompts = dict(live_state.sample_prompts())
+    if chosen in prompts:
+        st.session_state[PROMPT_KEY] = prompts[chosen]
+
+
+def choose_prompt() -> str:
+    samples = live_state.sample_prompts()
+    if PROMPT_KEY not in st.session_state:
+        st.session_state[SAMPLE_KEY] = samples[0][0]
+        st.session_state[PROMPT_KEY] = samples[0][1]
+    st.selectbox("Sample problem", [OWN_PROMPT, *(label for label, _ in samples)],
+                 key=SAMPLE_KEY, on_change=use_sample,
+                 help="Held-out arithmetic word problems (seed 1000) in the format the shipped "
+                      "traces use; picking one fills the prompt box.")
+    return str(st.text_area("Prompt (the user's message)", key=PROMPT_KEY, height=190))
+
+
+def probe_from_path(typed: str) -> tuple[str, ProbeBundle] | None:
+    if not typed.strip():
+        st.caption("Type the probe's name as `telltale train --out` wrote it (NAME, "
+                   "NAME.safetensors or NAME.json).")
+        return None
+    path = Path(typed.strip()).expanduser()
+    bundle = live_state.probe_from_path(str(path), live_state.probe_file_version(path))
+    return path.name.removesuffix(".safetensors").removesuffix(".json"), bundle
+
+
+def probe_from_upload() -> tuple[str, ProbeBundle] | None:
+    files = st.file_uploader("Probe files", type=["safetensors", "json"],
+                             accept_multiple_files=True, key=PROBE_UPLOAD_KEY,
+                             help="Both files of one probe: NAME.safetensors and NAME.json.")
+    weights = [f for f in files or [] if f.name.endswith(".safetensors")]
+    sidecars = [f for f in files or [] if f.name.endswith(".json")]
+    if not weights and not sidecars:
+        return None
+    if len(weights) != 1 or len(sidecars) != 1:
+        st.warning(f"Upload exactly one .safetensors and one .json file (got {len(weights)} and "
+                   f"{len(sidecars)}).")
+        return None
+    bundle = live_state.probe_from_upload(weights[0].getvalue(), sidecars[0].getvalue())
+    return Path(weights[0].name).stem, bundle
+
+
+def choose_probe() -> tuple[str, ProbeBundle] | None:
+    """The probe to run with (name, bundle), or None with a note saying how to get one."""
+    shipped = {path.stem: path for path in live_state.shipped_probes()}
+    choice = st.selectbox("Probe", [*shipped, PATH_OPTION, UPLOAD_OPTION], key=PROBE_KEY,
+                          help="Shipped probes are in sample_traces/probes/; `telltale train` "
+                               "makes new ones.")
+    try:
+        if choice == PATH_OPTION:
+            chosen = probe_from_path(st.text_input("Probe file", key=PROBE_PATH_KEY,
+                                                   placeholder="/path/to/my-probe"))
+        elif choice == UPLOAD_OPTION:
+            chosen = probe_from_upload()
+        else:
+            path = shipped[choice]
+            chosen = choice, live_state.probe_from_path(str(path),
+                                                        live_state.probe_file_version(path))
+    except (FileNotFoundError, ValueError) as error:
+        st.error(str(error))
+        return None
+    if chosen is None and not shipped:
+        st.info(NO_PROBE)
+    return chosen
+
+
+def probe_card(bundle: ProbeBundle) -> None:
+    meta = bundle.meta
+    kind = "step probe + prefix tracker" if bundle.step is not None else "prefix tracker"
+    st.caption(f"{kind} for **{meta.model_name}** (hidden size {meta.hidden_size}), layer "
+               f"{meta.layer}; calibrated alarm threshold **{meta.threshold:.3f}**.")
+
+
+def choose_threshold(name: str, bundle: ProbeBundle) -> float:
+    """The alarm threshold; reset to the probe's calibrated one whenever the probe changes."""
+    identity = f"{name}:{bundle.meta.data_hash}:{bundle.meta.threshold}"
+    if st.session_state.get(THRESHOLD_FOR_KEY) != identity:
+        st.session_state[THRESHOLD_FOR_KEY] = identity
+        st.session_state[THRESHOLD_KEY] = round(float(bundle.meta.threshold), 3)
+    return float(st.slider(
+        "Alarm threshold on c_prefix", 0.0, 1.0, step=0.001, format="%.3f", key=THRESHOLD_KEY,
+        help="An alarm fires at a step whose prefix score c_prefix is above this. It starts at "
+             "the probe's calibrated threshold."))
+
+
+def choose_sampling(mode: str) -> dict[str, float | int]:
+    with st.expander("Sampling"):
+        left, right = st.columns(2)
+        values: dict[str, float | int] = {
+            "temperature": left.slider("Temperature", 0.0, 1.5, 0.7, 0.05, key=TEMPERATURE_KEY,
+                                       help="0 = greedy."),
+            "top_p": right.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key=TOP_P_KEY),
+            "max_new_tokens": int(left.number_input("Max new tokens", 1, 2048, 200, 8,
+                                                    key=MAX_TOKENS_KEY)),
+            "seed": int(right.number_input("Seed", 0, 2**31 - 1, 0, 1, key=SEED_KEY)),
+        }
+        backtrack = mode == "backtrack"
+        values["retries"] = int(left.number_input(
+            "Retries per step", 0, 10, 3, 1, key=RETRIES_KEY, disabled=not backtrack,
+            help="Backtrack mode: how often one alarming step may be rewritten."))
+        values["max_backtracks"] = int(right.number_input(
+            "Retries per reply", 0, 50, 8, 1, key=MAX_BACKTRACKS_KEY, disabled=not backtrack))
+        values["retry_temperature_step"] = float(left.slider(
+            "Temperature added per retry", 0.0, 0.5, 0.0, 0.05, key=RETRY_STEP_KEY,
+            disabled=not backtrack))
+    return values
+
+
+# ---------------------------------------------------------------------------- run control
+
+
+def current_job() -> live_state.LiveJob | None:
+    return live_state.job_board().get(st.session_state.get(JOB_KEY))
+
+
+def stop_current_job() -> None:
+    """on_click of Stop: runs first thing in the rerun the press starts."""
+    job = current_job()
+    if job is not None:
+        job.stop()
+
+
+def request_start() -> None:
+    """on_click of Start: the run starts further down this rerun, after the sidebar has loaded
+    the model (the one typed there, when none is loaded yet)."""
+    if state.model_choice() is None:
+        request_model()
+    st.session_state[PENDING_KEY] = True
+
+
+def start_run(prompt: str, probe: tuple[str, ProbeBundle], mode: str, threshold: float | None,
+              sampling: dict[str, float | int]) -> None:
+    """Start a run with the page's settings; problems are shown as one sentence."""
+    loaded = state.current_model()
+    if loaded is None:
+        st.warning("No model is loaded (see the sidebar): load one, then press **Start**.")
+        return
+    try:
+        config = MonitorConfig(
+            mode=mode, threshold=threshold, temperature=float(sampling["temperature"]),
+            top_p=float(sampling["top_p"]), max_new_tokens=int(sampling["max_new_tokens"]),
+            seed=int(sampling["seed"]), retries=int(sampling["retries"]),
+            max_backtracks=int(sampling["max_backtracks"]),
+            retry_temperature_step=float(sampling["retry_temperature_step"]))
+        job = live_state.start_job(loaded, probe[1], prompt, config, probe_name=probe[0])
+    except ValueError as error:  # a probe for another model, an empty prompt, a bad setting
+        st.error(str(error))
+        return
+    st.session_state[JOB_KEY] = job.id
+
+
+# ---------------------------------------------------------------------------- output
+
+
+class LiveView:
+    """The placeholders of one run's display, redrawn in place."""
+
+    def __init__(self) -> None:
+        self.status = st.empty()
+        text_col, chart_col = st.columns([5, 6])
+        with text_col:
+            st.markdown("**Reply**, step by step")
+            self.transcript = st.container(height=PANEL_HEIGHT, border=True).empty()
+        self.chart = chart_col.empty()
+        self.details = st.empty()
+        self.draws = 0
+        self.steps_drawn = -1
+
+    def draw(self, job: live_state.LiveJob) -> None:
+        progress = job.progress
+        writing = not progress.finished
+        self.transcript.html(charts_live.transcript_html(progress.text, progress.kept,
+                                                         progress.discarded, writing=writing))
+        n_steps = len(progress.kept) + len(progress.discarded)
+        if n_steps != self.steps_drawn or not writing:
+            self.draws += 1
+            title = "Probe scores per step" + (" (writing ...)" if writing else "")
+            figure = charts_live.live_figure(progress.kept, progress.discarded, job.threshold,
+                                             title=title)
+            self.chart.plotly_chart(figure, key=f"live_chart_{job.id}_{self.draws}")
+            self.steps_drawn = n_steps
+        if writing:
+            alarms = sum(step.alarm for step in progress.kept)
+            self.status.info(
+                f"Writing ({job.config.mode} mode): {progress.tokens} tokens, "
+                f"{len(progress.kept)} steps scored, {alarms} alarm(s), "
+                f"{len(progress.discarded)} discarded. **Stop** ends it.", icon="✍️")
+
+    def follow(self, job: live_state.LiveJob) -> None:
+        """Redraw while the job runs; returns once it has finished."""
+        seen = -1
+        while True:
+            version = job.progress.version
+            if version != seen:
+                seen = version
+                self.draw(job)
+            if job.progress.finished:
+                return
+            time.sleep(POLL_S)
+
+
+def show_result(job: live_state.LiveJob, view: LiveView) -> None:
+    """The finished run: ending, summary numbers, step table, downloads."""
+    progress = job.progress
+    view.draw(job)
+    if progress.error:
+        view.status.error(progress.error)
+    result = progress.result
+    if result is None:
+        return
+    counts = charts_live.summary_counts(result)
+    if job.stop_requested and not result.stopped_by_alarm:
+        view.status.warning("Stopped by you before the end.", icon="⏹️")
+    elif result.stopped_by_alarm:
+        view.status.error("The alarm stopped generation (stop mode: the kill switch).", icon="🛑")
+    elif not progress.error:
+        view.status.success("Finished.", icon="✅")
+    with view.details.container():
+        cols = st.columns(6)
+        cols[0].metric("steps", counts["steps"])
+        cols[1].metric("alarms", counts["alarms"])
+        cols[2].metric("discarded", counts["discarded"], help="attempts dropped by backtracking")
+        cols[3].metric("tokens generated", counts["tokens_generated"],
+                       help="tokens in the final reply")
+        cols[4].metric("tokens processed", counts["tokens_processed"],
+                       help="every token the model read after the prompt, retries included")
+        cols[5].metric("stopped by alarm", "yes" if counts["stopped_by_alarm"] else "no")
+        st.caption(f"probe **{job.probe_name}** · mode **{result.mode}** · threshold "
+                   f"**{result.threshold:.3f}** · temperature {job.config.temperature} · top-p "
+                   f"{job.config.top_p} · seed {job.config.seed} · max {job.config.max_new_tokens}"
+                   " new tokens")
+        rows = charts_live.step_rows(result.steps, result.discarded)
+        with st.expander(f"Step table ({len(rows)} rows; discarded attempts struck through)"):
+            if rows.empty:
+                st.caption("No complete step.")
+            else:
+                st.table(charts_live.style_step_rows(rows), hide_index=True,
+                         border="horizontal")
+        record = {**result.as_dict(), "run": {"probe": job.probe_name,
+                                              "config": asdict(job.config)}}
+        figure = charts_live.live_figure(result.steps, result.discarded, result.threshold)
+        left, right = st.columns(2)
+        left.download_button("Download the result (JSON)", json.dumps(record, indent=2),
+                             file_name=f"telltale-live-{job.id}.json", mime="application/json",
+                             on_click="ignore")
+        right.download_button("Download the figure (HTML)",
+                              lambda: figure.to_html(include_plotlyjs=True),
+                              file_name=f"telltale-live-{job.id}.html", mime="text/html",
+                              on_click="ignore")
+
+
+def render() -> None:
+    """The page (run by `st.navigation` in dashboard/app.py)."""
+    st.title("Live")
+    st.caption("The model writes while the probes watch each step: watch the scores, stop at "
+               "the alarm, or let the model take back an alarming step and rewrite it.")
+    prompt_col, settings_col = st.columns([3, 2])
+    with prompt_col:
+        prompt = choose_prompt()
+    with settings_col:
+        probe = choose_probe()
+        threshold = None
+        if probe is not None:
+            probe_card(probe[1])
+            threshold = choose_threshold(*probe)
+        mode = str(st.radio("Mode", list(MODE_HELP), key=MODE_KEY, horizontal=True,
+                            format_func=str.capitalize,
+                            help="\n\n".join(MODE_HELP.values())))
+        st.caption(MODE_HELP[mode])
+    sampling = choose_sampling(mode)
+    if st.session_state.pop(PENDING_KEY, False) and probe is not None:
+        start_run(prompt, probe, mode, threshold, sampling)
+    job = current_job()
+    running = job is not None and job.running
+    start_col, stop_col, note_col = st.columns([1, 1, 4])
+    start_col.button("Start", type="primary", width="stretch", on_click=request_start,
+                     disabled=running or probe is None or not prompt.strip())
+    stop_col.button("Stop", width="stretch", disabled=not running, on_click=stop_current_job)
+    if state.model_choice() is None:
+        note_col.caption("No model loaded yet: **Start** loads the one typed in the sidebar.")
+    if job is None:
+        return
+    view = LiveView()
+    if job.running:
+        view.follow(job)
+        st.rerun()  # once, at the end: the buttons and the summary reflect the finished run
+    show_result(job, view)

@@ -1,0 +1,218 @@
+"""The probe view's figures and tables, built from small hand-made inputs and checked by value."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from dashboard.charts_diagnose import (
+    PHASE_STYLE,
+    STEP_COLUMNS,
+    dynamic_table,
+    flagged_steps,
+    metrics_table,
+    neighbours,
+    probe_chain_figure,
+    recovery_sentence,
+    residual_time_figure,
+    roc_figure,
+    sweep_figure,
+    token_heatmap_html,
+)
+
+NAN = float("nan")
+
+
+def steps() -> pd.DataFrame:
+    """Chain a: grounded, spike, collapse, deceptive stability; chain b: two steps."""
+    return pd.DataFrame({
+        "trace_id": ["a", "a", "a", "a", "b", "b"],
+        "step": [0, 1, 2, 3, 0, 1],
+        "text": ["3 + 4 = 7", "7 * 2 = 15", "15 - 1 = 14", "Answer: 14", "1 + 1 = 2",
+                 "<b>2</b> & 2"],
+        "step_score": [0.1, 0.9, 0.8, 0.2, 0.3, 0.7],
+        "prefix_score": [0.2, 0.3, 0.7, 0.8, 0.1, 0.2],
+        "alarm": [False, False, True, True, False, False],
+        "label": [0, 1, None, 0, 0, 1],
+        "prefix_label": [0, 1, 1, 1, 0, 1],
+        "phase": ["grounded", "spike", "collapse", "deceptive stability", "grounded", "spike"],
+    }, columns=list(STEP_COLUMNS))
+
+
+def named(fig: go.Figure, name: str) -> go.Scatter | go.Bar:
+    return next(t for t in fig.data if t.name == name)
+
+
+def test_phase_names_match_core() -> None:
+    from core.evaluation import PHASES
+
+    assert tuple(PHASE_STYLE) == PHASES
+
+
+def test_chain_figure_bars_line_and_hover() -> None:
+    fig = probe_chain_figure(steps(), "a", threshold=0.6, step_threshold=0.5)
+    bars = named(fig, "step score")
+    assert list(bars.x) == [0, 1, 2, 3] and list(bars.y) == [0.1, 0.9, 0.8, 0.2]
+    assert [list(c[:2]) for c in bars.customdata] == [["a", 0], ["a", 1], ["a", 2], ["a", 3]]
+    assert bars.customdata[1][2] == "7 * 2 = 15" and "%{customdata[2]}" in bars.hovertemplate
+    line = named(fig, "prefix score")
+    assert list(line.y) == [0.2, 0.3, 0.7, 0.8] and "lines" in line.mode
+
+
+def test_chain_figure_thresholds_and_phase_shading() -> None:
+    fig = probe_chain_figure(steps(), "a", threshold=0.6, step_threshold=0.5)
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert {(s.y0, s.line.dash) for s in lines} == {(0.6, "dash"), (0.5, "dot")}
+    rects = sorted((s for s in fig.layout.shapes if s.type == "rect"), key=lambda s: s.x0)
+    assert [(r.x0, r.x1) for r in rects] == [(-0.5, 0.5), (0.5, 1.5), (1.5, 2.5), (2.5, 3.5)]
+    assert [r.fillcolor for r in rects] == [PHASE_STYLE[p][0] for p in (
+        "grounded", "spike", "collapse", "deceptive stability")]
+    legend = [t.name for t in fig.data if t.legendgroup == "phase"]
+    assert legend == ["grounded", "spike", "deceptive stability", "collapse"]
+
+
+def test_chain_figure_marks_true_labels_and_the_focus() -> None:
+    fig = probe_chain_figure(steps(), "a", threshold=0.6, step_threshold=0.5, focus_step=2)
+    assert list(named(fig, "labelled hallucinated").x) == [1]
+    assert list(named(fig, "labelled correct").x) == [0, 3]  # step 2 has no label
+    assert list(named(fig, "step score").marker.line.width) == [0, 0, 3, 0]
+    fig = probe_chain_figure(steps(), "b", threshold=0.6, step_threshold=0.5)
+    assert list(named(fig, "step score").marker.line.width) == [0, 0]
+    assert fig.layout.title.text.startswith("Chain b")
+
+
+def test_chain_figure_without_step_probe_draws_the_prefix_only() -> None:
+    table = steps()
+    table["step_score"] = NAN
+    table["phase"] = ""
+    fig = probe_chain_figure(table, "a", threshold=0.6, step_threshold=0.5)
+    assert "step score" not in {t.name for t in fig.data}
+    assert [s.y0 for s in fig.layout.shapes if s.type == "line"] == [0.6]
+    assert not [t for t in fig.data if t.legendgroup == "phase"]
+
+
+def test_chain_figure_rejects_a_missing_chain_or_column() -> None:
+    with pytest.raises(ValueError, match="No scored step of chain 'zz'"):
+        probe_chain_figure(steps(), "zz", 0.5, 0.5)
+    with pytest.raises(ValueError, match="lacks the column"):
+        probe_chain_figure(steps().drop(columns=["phase"]), "a", 0.5, 0.5)
+
+
+def test_flagged_steps_across_the_file_most_suspicious_first() -> None:
+    flagged = flagged_steps(steps(), step_threshold=0.5, threshold=0.6)
+    assert list(zip(flagged["trace_id"], flagged["step"], strict=True)) == [
+        ("a", 1), ("a", 2), ("b", 1)]
+    assert flagged["step_score"].tolist() == [0.9, 0.8, 0.7]
+    assert flagged["label"].tolist() == ["hallucinated", "unlabelled", "hallucinated"]
+    assert list(flagged.index) == [0, 1, 2]  # row positions = what a selection returns
+    assert flagged_steps(steps(), step_threshold=0.95, threshold=0.6).empty
+    assert flagged_steps(steps().iloc[:0], 0.5, 0.5).empty
+
+
+def test_flagged_steps_without_step_probe_use_the_alarm() -> None:
+    table = steps()
+    table["step_score"] = NAN
+    flagged = flagged_steps(table, step_threshold=0.5, threshold=0.6)
+    assert list(zip(flagged["trace_id"], flagged["step"], strict=True)) == [("a", 3), ("a", 2)]
+
+
+def test_neighbours_clip_at_the_chain_ends() -> None:
+    near = neighbours(steps(), "a", 0)
+    assert near["step"].tolist() == [0, 1, 2]
+    assert neighbours(steps(), "a", 2, width=1)["step"].tolist() == [1, 2, 3]
+    assert neighbours(steps(), "b", 1)["label"].tolist() == ["correct", "hallucinated"]
+
+
+@dataclass(frozen=True)
+class Token:
+    step: int
+    text: str
+    score: float
+
+
+def test_token_heatmap_escapes_and_outlines_the_focus() -> None:
+    tokens = [Token(0, "3 +", 0.1), Token(0, " 4", 0.2), Token(1, "\n<b>", 0.9),
+              Token(2, " x", 0.5)]
+    page = token_heatmap_html(tokens, focus_step=1, steps=[0, 1])
+    assert "&lt;b&gt;" in page and "<b>" not in page
+    assert 'title="score 0.900"' in page and "step 2" not in page
+    assert page.count("2px solid") == 1  # only the focus step is outlined
+    assert page.index("step 0") < page.index("2px solid") < page.index("&lt;b&gt;")
+    assert "rgba(228, 87, 86, 0.765)" in page  # 0.9 * 0.85: the darker the higher
+    assert "step 2" in token_heatmap_html(tokens, focus_step=0)  # default: every step
+
+
+def report() -> dict:
+    return {
+        "n_chains": 3, "n_steps": 9, "threshold": 0.4, "step_auroc": 0.9, "step_auprc": 0.8,
+        "prefix_auroc": 0.7, "final_auroc": None, "step_f1": 0.6,
+        "baselines": {"mean_nll": {"step_auroc": 0.6, "step_auprc": 0.5, "prefix_auroc": 0.55,
+                                   "final_auroc": None}},
+        "dynamic": {"Snap_M": 0.2, "Lag": 1.0},
+        "residual_time": {"n": 3, "n_censored": 1, "counts": [1, 0, 2]},
+        "recovery": {"k": 5, "n_chains": 0, "n_correct": 0, "share_correct": None,
+                     "ci_low": None, "ci_high": None},
+    }
+
+
+def test_metrics_table_puts_probes_beside_baselines() -> None:
+    table = metrics_table(report())
+    assert table.columns.tolist() == ["scores", "step_auroc", "step_auprc", "prefix_auroc",
+                                      "final_auroc", "step_f1"]
+    assert table["scores"].tolist() == ["probes (step probe, prefix tracker)", "mean NLL"]
+    assert table["step_auroc"].tolist() == [0.9, 0.6]
+    assert table["final_auroc"].isna().all()  # unsupported stays empty, never 0
+    assert math.isnan(table["step_f1"][1])
+
+
+def test_dynamic_table_explains_each_metric() -> None:
+    table = dynamic_table(report())
+    assert table["metric"].tolist() == ["Snap_M", "Lag"] and table["value"].tolist() == [0.2, 1]
+    assert all(table["meaning"])
+    assert dynamic_table({}).empty
+
+
+@dataclass(frozen=True)
+class Curve:
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auroc: float
+
+
+def test_roc_figure_names_each_scorer_with_its_auroc() -> None:
+    fig = roc_figure({"probe": Curve(np.array([0, 0, 1.0]), np.array([0, 1, 1.0]), 1.0),
+                      "max_nll": Curve(np.array([0, 0.5, 1]), np.array([0, 0.5, 1]), 0.5)},
+                     "ROC: steps")
+    names = [t.name for t in fig.data]
+    assert names == ["chance", "probes (step probe, prefix tracker) (1.000)", "max NLL (0.500)"]
+    assert list(fig.data[1].y) == [0, 1, 1] and fig.data[1].line.width > fig.data[2].line.width
+
+
+def test_sweep_figure_marks_the_chosen_layer() -> None:
+    rows = [{"layer": 12, "step_auroc": 0.8, "final_auroc": 0.6, "prefix_auroc": 0.7},
+            {"layer": 4, "step_auroc": 0.7, "final_auroc": None, "prefix_auroc": 0.6}]
+    fig = sweep_figure(rows, chosen_layer=12)
+    step = named(fig, "step AUROC")
+    assert list(step.x) == [4, 12] and list(step.y) == [0.7, 0.8]  # sorted by layer
+    assert [s.x0 for s in fig.layout.shapes] == [12]
+    with pytest.raises(ValueError, match="no layer sweep"):
+        sweep_figure([], 3)
+
+
+def test_residual_time_figure_counts_recoveries() -> None:
+    fig = residual_time_figure(report()["residual_time"])
+    assert list(fig.data[0].x) == [0, 1, 2] and list(fig.data[0].y) == [1, 0, 2]
+    assert "3 recoveries (1 still alarmed" in fig.layout.title.text
+
+
+def test_recovery_sentence_with_and_without_chains() -> None:
+    assert "cannot be measured" in recovery_sentence(report()["recovery"])
+    text = recovery_sentence({"k": 5, "n_chains": 20, "n_correct": 1, "share_correct": 0.05,
+                              "ci_low": 0.009, "ci_high": 0.236})
+    assert text == ("Of the 20 chain(s) with at least 5 consecutive hallucinated steps, 1 still "
+                    "reached a correct answer: 5.0% (95% interval 0.9% to 23.6%).")

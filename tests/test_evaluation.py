@@ -1,0 +1,168 @@
+"""What the Traces page shows from a scored file, checked against hand-computed answers: step
+phases, ROC inputs and curves, scores added to traces, and per-token step-probe scores on a tiny
+random model (the oracle: the model's own hidden states)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.evaluation import (
+    COLLAPSE,
+    DECEPTIVE,
+    GROUNDED,
+    PROBE_NAME,
+    SPIKE,
+    ScoredChain,
+    evaluation_report,
+    ranking_inputs,
+    roc_curves,
+    scored_traces,
+    step_phases,
+    token_scores,
+)
+from core.models import wrap_model
+from core.probes import LinearProbe, ProbeBundle, ProbeMeta
+from core.traces import trace_from_dict
+from tests.tiny_models import HIDDEN, tiny_model, tiny_tokenizer
+
+CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
+        "{% if add_generation_prompt %}w5 {% endif %}")
+NAN = float("nan")
+
+
+def chain(tid: str, step: list[float] | None, prefix: list[float], step_labels: list[float],
+          prefix_labels: list[float], is_correct: bool | None = None,
+          entropy: list[float] | None = None) -> ScoredChain:
+    base_step = {} if entropy is None else {"mean_entropy": np.array(entropy)}
+    base_prefix = {} if entropy is None else {"mean_entropy": np.cumsum(entropy)}
+    return ScoredChain(tid, "p-" + tid, None if step is None else np.array(step),
+                       np.array(prefix), np.array(step_labels, dtype=float),
+                       np.array(prefix_labels, dtype=float), is_correct, base_step, base_prefix)
+
+
+def test_step_phases_name_each_combination() -> None:
+    phases = step_phases([0.1, 0.9, 0.2, 0.8], [0.2, 0.3, 0.7, 0.9], step_threshold=0.5,
+                         threshold=0.6)
+    assert phases == [GROUNDED, SPIKE, DECEPTIVE, COLLAPSE]
+
+
+def test_step_phases_thresholds_are_strict_and_separate() -> None:
+    # exactly at a threshold is not high (the alarm is c > threshold)
+    assert step_phases([0.5], [0.6], step_threshold=0.5, threshold=0.6) == [GROUNDED]
+    # a step score of 0.55 is high against 0.5 but would not be against the prefix's 0.6
+    assert step_phases([0.55], [0.55], step_threshold=0.5, threshold=0.6) == [SPIKE]
+    assert step_phases([], [], 0.5, 0.5) == []
+    with pytest.raises(ValueError, match="one of each per step"):
+        step_phases([0.1, 0.2], [0.3], 0.5, 0.5)
+
+
+def two_chains() -> list[ScoredChain]:
+    return [
+        chain("a", [0.1, 0.8, 0.3], [0.2, 0.7, 0.9], [0, 1, NAN], [0, 1, 1], False,
+              entropy=[1.0, 2.0, 3.0]),
+        chain("b", [0.4, 0.2], [0.1, 0.3], [0, 0], [0, 0], True, entropy=[0.5, 0.1]),
+    ]
+
+
+def test_ranking_inputs_keep_known_labels_per_level() -> None:
+    chains = two_chains()
+    step = ranking_inputs(chains, "step")
+    assert list(step) == [PROBE_NAME, "mean_entropy"]
+    labels, scores = step[PROBE_NAME]
+    assert labels.tolist() == [0, 1, 0, 0]  # chain a's third step has no label
+    assert scores.tolist() == [0.1, 0.8, 0.4, 0.2]
+    assert step["mean_entropy"][1].tolist() == [1.0, 2.0, 0.5, 0.1]
+    labels, scores = ranking_inputs(chains, "prefix")[PROBE_NAME]
+    assert labels.tolist() == [0, 1, 1, 0, 0] and scores.tolist() == [0.2, 0.7, 0.9, 0.1, 0.3]
+    final = ranking_inputs(chains, "final")
+    assert final[PROBE_NAME][0].tolist() == [1, 0]
+    assert final[PROBE_NAME][1].tolist() == [0.9, 0.3]
+    assert final["mean_entropy"][1].tolist() == [6.0, 0.6]  # the running sum's last value
+    with pytest.raises(ValueError, match="level must be one of"):
+        ranking_inputs(chains, "chain")
+
+
+def test_ranking_inputs_without_step_probe_have_no_probe_row_at_step_level() -> None:
+    chains = [chain("a", None, [0.2, 0.7], [0, 1], [0, 1])]
+    assert PROBE_NAME not in ranking_inputs(chains, "step")
+    assert PROBE_NAME in ranking_inputs(chains, "prefix")
+
+
+def test_roc_curves_match_the_report_and_hand_counts() -> None:
+    chains = two_chains()
+    curves = roc_curves(chains, "step")
+    probe = curves[PROBE_NAME]
+    # probe step scores: positive 0.8 vs negatives 0.1, 0.4, 0.2 -> ranked first: AUROC 1
+    assert probe.auroc == 1.0 and probe.n == 4 and probe.n_pos == 1
+    assert probe.fpr.tolist() == [0.0, 0.0, 1 / 3, 2 / 3, 1.0]
+    assert probe.tpr.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]
+    report = evaluation_report(chains, threshold=0.5)
+    assert curves[PROBE_NAME].auroc == report["step_auroc"]
+    assert curves["mean_entropy"].auroc == report["baselines"]["mean_entropy"]["step_auroc"]
+    assert roc_curves(chains, "final")[PROBE_NAME].auroc == report["final_auroc"]
+
+
+def test_roc_curves_leave_out_a_single_class() -> None:
+    chains = [chain("a", [0.1, 0.2], [0.1, 0.2], [0, 0], [0, 0])]
+    assert roc_curves(chains, "step") == {}
+    assert roc_curves([], "step") == {}
+
+
+def test_scored_traces_add_scores_and_alarms() -> None:
+    traces = [trace_from_dict({"id": i, "prompt": "q", "steps": ["x", "y", "z"][:n],
+                               "tag": "kept"})
+              for i, n in (("a", 3), ("b", 2), ("c", 1))]
+    out = scored_traces(traces, two_chains(), threshold=0.5, layer=7, probe_name="p.safetensors")
+    assert [t.id for t in out] == ["a", "b"]  # chain c was not scored
+    scores = out[0].extra["telltale_scores"]
+    assert scores == {"layer": 7, "threshold": 0.5, "probe": "p.safetensors",
+                      "step": [0.1, 0.8, 0.3], "prefix": [0.2, 0.7, 0.9],
+                      "alarm": [False, True, True]}
+    assert out[0].extra["tag"] == "kept" and out[0].steps == traces[0].steps
+    assert "telltale_scores" not in traces[0].extra  # the input is not changed
+
+
+def tiny_bundle(layer: int, seed: int = 3) -> ProbeBundle:
+    rng = np.random.default_rng(seed)
+    meta = ProbeMeta(model="tiny", model_name="tiny", hidden_size=HIDDEN, layer=layer,
+                     step_pooling="exp", tracker_pooling="causal",
+                     baseline_pooling="prefix_mean", step_input=False, threshold=0.5,
+                     step_threshold=0.5, data_hash="h")
+    return ProbeBundle(meta=meta, tracker=LinearProbe(rng.normal(size=HIDDEN), 0.0),
+                       step=LinearProbe(rng.normal(size=HIDDEN) * 3, 0.2))
+
+
+def test_token_scores_apply_the_step_probe_to_each_tokens_hidden_state() -> None:
+    loaded = wrap_model(tiny_model("llama"), tiny_tokenizer(CHAT), name="tiny")
+    trace = trace_from_dict({"id": "t", "prompt": "w10 w11",
+                             "steps": ["w20 w21 w22", "w30", "w40 w41"]})
+    bundle = tiny_bundle(layer=1)
+    tokens = token_scores(loaded, bundle, trace)
+    assert [t.step for t in tokens] == [0, 0, 0, 1, 2, 2]
+    assert "".join(t.text for t in tokens) == trace.response  # texts join back, whitespace kept
+    assert [t.text for t in tokens] == ["w20", " w21", " w22", "\nw30", "\nw40", " w41"]
+    # oracle: hidden_states[layer + 1] is the output of decoder block `layer`
+    ids = loaded.tokenizer("w3 w10 w11 w4 w5 " + trace.response,
+                           add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = loaded.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    hidden = out.hidden_states[2][0, -6:].double().numpy()
+    unit = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+    assert bundle.step is not None
+    expected = 1 / (1 + np.exp(-(unit @ bundle.step.weight + bundle.step.bias)))
+    np.testing.assert_allclose([t.score for t in tokens], expected, rtol=1e-4)
+
+
+def test_token_scores_need_a_step_probe_and_the_right_model() -> None:
+    loaded = wrap_model(tiny_model("llama"), tiny_tokenizer(CHAT), name="tiny")
+    trace = trace_from_dict({"id": "t", "prompt": "w10", "steps": ["w20"]})
+    bundle = tiny_bundle(layer=1)
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="no step probe"):
+        token_scores(loaded, replace(bundle, step=None), trace)
+    other = replace(bundle, meta=replace(bundle.meta, hidden_size=64))
+    with pytest.raises(ValueError, match="hidden size 64"):
+        token_scores(loaded, other, trace)
