@@ -56,6 +56,7 @@ bench: install
 	$(PY) bench/capture_overhead.py
 	$(PY) bench/probe_training.py
 	$(PY) bench/eaft_overhead.py
+	$(PY) bench/sweep_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -224,10 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if > 0, also write OUT_train/OUT_test split by problem")
     p.set_defaults(func=cmd_make_traces)
 
-    from core import cli_control, cli_diagnose, cli_live
+    from core import cli_control, cli_diagnose, cli_live, cli_sense
 
     cli_diagnose.register(sub)
     cli_live.register(sub)
+    cli_sense.register(sub)
     cli_control.register(sub)
     return parser
 

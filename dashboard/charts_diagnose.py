@@ -48,8 +48,21 @@ SCORER_TITLES: dict[str, str] = {
     "min_prob": "min token probability",
     "global_mean_probe": "global-mean-pooled probe (SAPLMA-like)",
 }
+SCORER_COLOURS: dict[str, str] = {
+    "probe": "#C0392B",
+    "mean_entropy": "#4C78A8",
+    "mean_nll": "#72B7B2",
+    "max_nll": "#54A24B",
+    "min_prob": "#B279A2",
+    "global_mean_probe": "#F58518",
+}
 RANKING_KEYS = ("step_auroc", "step_auprc", "prefix_auroc", "final_auroc")
 METRIC_COLUMNS = ("scores", *RANKING_KEYS, "step_f1")
+METRIC_TITLES: dict[str, str] = {
+    "step_auroc": "step AUROC", "step_auprc": "step AUPRC",
+    "prefix_auroc": "prefix AUROC (every step)", "final_auroc": "final AUROC (whole chain)",
+    "step_f1": "step F1 (at the step threshold)",
+}
 DYNAMIC_MEANING: dict[str, str] = {
     "Snap_M": "rise of the prefix score at the first hallucinated step",
     "Lag": "steps from the first hallucinated step to the first alarm",
@@ -84,8 +97,8 @@ def probe_chain_figure(steps: pd.DataFrame, trace_id: str, threshold: float,
     line, the alarm threshold dashed (and the step threshold dotted), true step labels as
     markers above the plot, and every step's phase shaded behind it.
 
-    Bars carry customdata [trace_id, step, text] (so a click names the step) and hover the step
-    text; `focus_step` gets an outlined bar.
+    Bars and line points carry customdata [trace_id, step, text] (so a click names the step)
+    and hover the step text; `focus_step` (the inspected step) is outlined.
     """
     chain = _chain(steps, trace_id)
     x = chain["step"].astype(int).tolist()
@@ -104,10 +117,9 @@ def probe_chain_figure(steps: pd.DataFrame, trace_id: str, threshold: float,
                 hoverinfo="skip"))
     has_step = chain["step_score"].notna().any()
     if has_step:
-        outline = [3 if focus_step is not None and s == focus_step else 0 for s in x]
         fig.add_trace(go.Bar(
             x=x, y=chain["step_score"].tolist(), name="step score", width=0.6,
-            marker={"color": STEP_COLOUR, "line": {"color": FOCUS_COLOUR, "width": outline}},
+            marker={"color": STEP_COLOUR},
             customdata=[[trace_id, s, t] for s, t in zip(x, texts, strict=True)],
             hovertemplate=("step %{x}<br>step score %{y:.3f}<br><br>%{customdata[2]}"
                            "<extra></extra>")))
@@ -124,6 +136,12 @@ def probe_chain_figure(steps: pd.DataFrame, trace_id: str, threshold: float,
         fig.add_hline(y=step_threshold, line={"dash": "dot", "color": STEP_COLOUR, "width": 1},
                       annotation_text=f"step threshold {step_threshold:.2f}",
                       annotation_position="bottom right", annotation_font_color=STEP_COLOUR)
+    if focus_step is not None and focus_step in x:
+        row = chain[chain["step"] == focus_step].iloc[0]
+        height = row["prefix_score"] if pd.isna(row["step_score"]) else row["step_score"]
+        fig.add_shape(type="rect", x0=focus_step - 0.34, x1=focus_step + 0.34, y0=0,
+                      y1=max(float(height), 0.02), line={"color": FOCUS_COLOUR, "width": 3},
+                      name="focus")
     labels = [label_name(v) for v in chain["label"]]
     for name, symbol in ((HALLUCINATED, "x"), ("correct", "circle-open")):
         marked = [s for s, lab in zip(x, labels, strict=True) if lab == name]
@@ -224,8 +242,9 @@ def dynamic_table(report: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def roc_figure(curves: Mapping[str, Any], title: str) -> go.Figure:
-    """ROC curves (probes first, thick; baselines thin), the chance diagonal dotted. Takes
-    `core.evaluation.RocCurve`-like values (fpr, tpr, auroc) keyed by scorer name."""
+    """ROC curves (the probes thick and red, each baseline thin in its own colour), the chance
+    diagonal dotted. Takes `core.evaluation.RocCurve`-like values (fpr, tpr, auroc) keyed by
+    scorer name."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
                              line={"dash": "dot", "color": "#999"}, hoverinfo="skip"))
@@ -234,14 +253,16 @@ def roc_figure(curves: Mapping[str, Any], title: str) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=list(curve.fpr), y=list(curve.tpr), mode="lines",
             name=f"{SCORER_TITLES.get(name, name)} ({curve.auroc:.3f})",
-            line={"width": 3.5 if is_probe else 1.5, "shape": "hv",
-                  **({"color": "#C0392B"} if is_probe else {})},
+            line={"width": 3.5 if is_probe else 1.6, "shape": "hv",
+                  "color": SCORER_COLOURS.get(name, "#888")},
             hovertemplate="FPR %{x:.2f}, TPR %{y:.2f}<extra>" + html.escape(name) + "</extra>"))
     fig.update_layout(
         title=title, xaxis={"title": "false-positive rate", "range": [0, 1]},
-        yaxis={"title": "true-positive rate", "range": [0, 1.02], "scaleanchor": "x"},
-        legend={"title": {"text": "scores (AUROC)"}, "x": 1.02, "y": 0.0, "yanchor": "bottom"},
-        margin={"t": 50, "l": 60, "r": 20, "b": 50}, height=400,
+        yaxis={"title": "true-positive rate", "range": [0, 1.02]},
+        legend={"title": {"text": "scores (AUROC)"}, "x": 0.99, "xanchor": "right",
+                "y": 0.02, "yanchor": "bottom", "bgcolor": "rgba(255, 255, 255, 0.85)",
+                "font": {"size": 11}},
+        margin={"t": 50, "l": 60, "r": 20, "b": 50}, height=430,
     )
     return fig
 

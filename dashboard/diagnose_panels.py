@@ -210,12 +210,14 @@ def show_corpus(scored: ScoredFile, stem: str) -> None:
     k = int(st.session_state.get(RECOVERY_K_KEY) or 5)
     report = dstate.file_report(scored.key, k, scored.chains, scored.threshold,
                                 scored.step_threshold)
-    st.markdown(f"**Metrics** over {report['n_chains']} chains and {report['n_steps']} steps "
-                "(n/a: the file's labels cannot support the number)")
+    st.markdown(f"**Metrics** over {report['n_chains']} chains and {report['n_steps']} steps, "
+                f"alarm threshold {scored.threshold:.3f}; the baselines beside the probes. "
+                "None: the file's labels cannot support the number.")
     table = cd.metrics_table(report)
     st.dataframe(table, hide_index=True, column_config={
-        key: st.column_config.NumberColumn(key.replace("_", " "), format=SCORE_FORMAT)
-        for key in (*cd.RANKING_KEYS, "step_f1")})
+        "scores": st.column_config.TextColumn("scores", width="medium"),
+        **{key: st.column_config.NumberColumn(title, format=SCORE_FORMAT)
+           for key, title in cd.METRIC_TITLES.items()}})
     with st.expander("Dynamic metrics (how the prefix alarm moves along a chain)"):
         st.dataframe(cd.dynamic_table(report), hide_index=True, column_config={
             "value": st.column_config.NumberColumn("value", format=SCORE_FORMAT),

@@ -146,8 +146,12 @@ def content_hash(data: bytes) -> str:
 
 
 def sample_files(folder: Path = SAMPLE_FOLDER) -> list[Path]:
-    """The trace files shipped with the project (`sample_traces/*.jsonl`), sorted by name."""
-    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    """The trace files shipped with the project (`sample_traces/*.jsonl`), sorted by name;
+    fine-tuning samples (`finetune_*`) and reply journals of unfinished runs are left out."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.jsonl")
+                  if not p.name.startswith("finetune_") and not p.name.endswith(".replies.jsonl"))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -81,13 +81,9 @@ def test_app_starts_with_traces_page_and_model_sidebar() -> None:
     assert texts(at.title) == ["Traces"] and len(at.sidebar.button) == 1
 
 
-def test_no_pages_folder_beside_the_app_and_unique_urls() -> None:
-    from dashboard.app import PAGES
-
+def test_no_pages_folder_beside_the_app() -> None:
     # a pages/ folder beside app.py would switch Streamlit to its file-per-page mode
     assert not (Path(APP).parent / "pages").exists()
-    urls = [page.url_path for page in PAGES]
-    assert len(set(urls)) == len(urls)
 
 
 def test_mixed_upload_loads_valid_chains_and_lists_problems() -> None:

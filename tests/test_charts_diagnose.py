@@ -68,7 +68,8 @@ def test_chain_figure_thresholds_and_phase_shading() -> None:
     fig = probe_chain_figure(steps(), "a", threshold=0.6, step_threshold=0.5)
     lines = [s for s in fig.layout.shapes if s.type == "line"]
     assert {(s.y0, s.line.dash) for s in lines} == {(0.6, "dash"), (0.5, "dot")}
-    rects = sorted((s for s in fig.layout.shapes if s.type == "rect"), key=lambda s: s.x0)
+    rects = sorted((s for s in fig.layout.shapes if s.type == "rect" and s.name != "focus"),
+                   key=lambda s: s.x0)
     assert [(r.x0, r.x1) for r in rects] == [(-0.5, 0.5), (0.5, 1.5), (1.5, 2.5), (2.5, 3.5)]
     assert [r.fillcolor for r in rects] == [PHASE_STYLE[p][0] for p in (
         "grounded", "spike", "collapse", "deceptive stability")]
@@ -80,9 +81,10 @@ def test_chain_figure_marks_true_labels_and_the_focus() -> None:
     fig = probe_chain_figure(steps(), "a", threshold=0.6, step_threshold=0.5, focus_step=2)
     assert list(named(fig, "labelled hallucinated").x) == [1]
     assert list(named(fig, "labelled correct").x) == [0, 3]  # step 2 has no label
-    assert list(named(fig, "step score").marker.line.width) == [0, 0, 3, 0]
+    focus = [s for s in fig.layout.shapes if s.name == "focus"]
+    assert [(f.x0, f.x1, f.y1) for f in focus] == [(2 - 0.34, 2 + 0.34, 0.8)]  # around bar 2
     fig = probe_chain_figure(steps(), "b", threshold=0.6, step_threshold=0.5)
-    assert list(named(fig, "step score").marker.line.width) == [0, 0]
+    assert not [s for s in fig.layout.shapes if s.name == "focus"]
     assert fig.layout.title.text.startswith("Chain b")
 
 
@@ -191,6 +193,7 @@ def test_roc_figure_names_each_scorer_with_its_auroc() -> None:
     names = [t.name for t in fig.data]
     assert names == ["chance", "probes (step probe, prefix tracker) (1.000)", "max NLL (0.500)"]
     assert list(fig.data[1].y) == [0, 1, 1] and fig.data[1].line.width > fig.data[2].line.width
+    assert fig.data[1].line.color != fig.data[2].line.color  # a baseline never looks like it
 
 
 def test_sweep_figure_marks_the_chosen_layer() -> None:

@@ -52,8 +52,8 @@ MODE_HELP = {
 }
 NO_PROBE = (
     "No probe yet. A probe is trained for one model; for the default model:\n\n"
-    "```\ntelltale train --model default --traces sample_traces/arith_small.jsonl "
-    "--out my-probe --layer 15\n```\n"
+    "```\ntelltale train --model default \\\n  --traces sample_traces/arith_small.jsonl \\\n"
+    "  --out my-probe --layer 15\n```\n"
     "then choose **a probe file on this machine** and type `my-probe`, or upload "
     "`my-probe.safetensors` with `my-probe.json`.")
 
@@ -78,7 +78,7 @@ def choose_prompt() -> str:
                  key=SAMPLE_KEY, on_change=use_sample,
                  help="Held-out arithmetic word problems (seed 1000) in the format the shipped "
                       "traces use; picking one fills the prompt box.")
-    return str(st.text_area("Prompt (the user's message)", key=PROMPT_KEY, height=190))
+    return str(st.text_area("Prompt (the user's message)", key=PROMPT_KEY, height=260))
 
 
 def probe_from_path(typed: str) -> tuple[str, ProbeBundle] | None:
@@ -251,7 +251,8 @@ class LiveView:
             self.status.info(
                 f"Writing ({job.config.mode} mode): {progress.tokens} tokens, "
                 f"{len(progress.kept)} steps scored, {alarms} alarm(s), "
-                f"{len(progress.discarded)} discarded. **Stop** ends it.", icon="✍️")
+                f"{len(progress.discarded)} discarded. **Stop** ends it.",
+                icon=":material/edit_note:")
 
     def follow(self, job: live_state.LiveJob) -> None:
         """Redraw while the job runs; returns once it has finished."""
@@ -277,11 +278,12 @@ def show_result(job: live_state.LiveJob, view: LiveView) -> None:
         return
     counts = charts_live.summary_counts(result)
     if job.stop_requested and not result.stopped_by_alarm:
-        view.status.warning("Stopped by you before the end.", icon="⏹️")
+        view.status.warning("Stopped by you before the end.", icon=":material/stop_circle:")
     elif result.stopped_by_alarm:
-        view.status.error("The alarm stopped generation (stop mode: the kill switch).", icon="🛑")
+        view.status.error("The alarm stopped generation (stop mode: the kill switch).",
+                          icon=":material/front_hand:")
     elif not progress.error:
-        view.status.success("Finished.", icon="✅")
+        view.status.success("Finished.", icon=":material/check_circle:")
     with view.details.container():
         cols = st.columns(6)
         cols[0].metric("steps", counts["steps"])
@@ -343,8 +345,9 @@ def render() -> None:
     start_col.button("Start", type="primary", width="stretch", on_click=request_start,
                      disabled=running or probe is None or not prompt.strip())
     stop_col.button("Stop", width="stretch", disabled=not running, on_click=stop_current_job)
-    if state.model_choice() is None:
-        note_col.caption("No model loaded yet: **Start** loads the one typed in the sidebar.")
+    loaded = state.current_model()  # drawn on every run, so no stale note stays behind
+    note_col.caption("No model loaded yet: **Start** loads the one typed in the sidebar."
+                     if loaded is None else f"Model: **{loaded.name}** ({loaded.device}).")
     if job is None:
         return
     view = LiveView()
