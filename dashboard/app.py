@@ -18,8 +18,8 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on th
 
 import streamlit as st  # noqa: E402
 
-from dashboard.views import live, traces  # noqa: E402
 from dashboard.sidebar import render_model_sidebar  # noqa: E402
+from dashboard.views import finetune, introspection, live, traces  # noqa: E402
 
 # One line per page: a module's render() function, its title, icon and URL. The pages live in
 # dashboard/views/, not pages/: a pages/ folder beside app.py turns on Streamlit's old
@@ -28,6 +28,9 @@ PAGES = [
     st.Page(traces.render, title="Traces", icon=":material/timeline:", url_path="traces",
             default=True),
     st.Page(live.render, title="Live", icon=":material/monitor_heart:", url_path="live"),
+    st.Page(finetune.render, title="Fine-tuning", icon=":material/tune:", url_path="fine-tuning"),
+    st.Page(introspection.render, title="Introspection", icon=":material/neurology:",
+            url_path="introspection"),
 ]
 
 

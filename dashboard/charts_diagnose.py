@@ -46,7 +46,7 @@ SCORER_TITLES: dict[str, str] = {
     "mean_nll": "mean NLL",
     "max_nll": "max NLL",
     "min_prob": "min token probability",
-    "global_mean_probe": "global-mean-pooled probe (SAPLMA-like)",
+    "global_mean_probe": "global-mean probe (SAPLMA-like)",
 }
 SCORER_COLOURS: dict[str, str] = {
     "probe": "#C0392B",
@@ -131,7 +131,7 @@ def probe_chain_figure(steps: pd.DataFrame, trace_id: str, threshold: float,
                        "<extra></extra>")))
     fig.add_hline(y=threshold, line={"dash": "dash", "color": "#C0392B", "width": 2},
                   annotation_text=f"alarm threshold {threshold:.2f}",
-                  annotation_position="top left", annotation_font_color="#C0392B")
+                  annotation_position="top right", annotation_font_color="#C0392B")
     if has_step:
         fig.add_hline(y=step_threshold, line={"dash": "dot", "color": STEP_COLOUR, "width": 1},
                       annotation_text=f"step threshold {step_threshold:.2f}",
@@ -259,10 +259,9 @@ def roc_figure(curves: Mapping[str, Any], title: str) -> go.Figure:
     fig.update_layout(
         title=title, xaxis={"title": "false-positive rate", "range": [0, 1]},
         yaxis={"title": "true-positive rate", "range": [0, 1.02]},
-        legend={"title": {"text": "scores (AUROC)"}, "x": 0.99, "xanchor": "right",
-                "y": 0.02, "yanchor": "bottom", "bgcolor": "rgba(255, 255, 255, 0.85)",
-                "font": {"size": 11}},
-        margin={"t": 50, "l": 60, "r": 20, "b": 50}, height=430,
+        legend={"title": {"text": "scores (AUROC)"}, "orientation": "h", "x": 0,
+                "y": -0.2, "yanchor": "top", "font": {"size": 11}},
+        margin={"t": 50, "l": 60, "r": 20, "b": 40}, height=560,
     )
     return fig
 
@@ -283,9 +282,11 @@ def sweep_figure(rows: Sequence[Mapping[str, Any]], chosen_layer: int) -> go.Fig
                   annotation_text=f"chosen: layer {chosen_layer}",
                   annotation_position="top left")
     fig.update_layout(
-        title="Layer sweep (validation data)", xaxis={"title": "layer", "dtick": 2},
+        title="Layer sweep (validation data)",
+        xaxis={"title": "layer", "tickmode": "array", "tickvals": table["layer"].tolist()},
         yaxis={"title": "AUROC"}, hovermode="x unified",
-        margin={"t": 50, "l": 60, "r": 20, "b": 50}, height=380,
+        legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"},
+        margin={"t": 50, "l": 60, "r": 20, "b": 40}, height=460,
     )
     return fig
 

@@ -77,17 +77,27 @@ def _row_style(row: pd.Series) -> list[str]:
     return ["; ".join(styles)] * len(row)
 
 
+def strike(text: object) -> str:
+    """Text struck through with the combining long stroke (U+0336) after each character, for
+    renderers that drop CSS text-decoration (Streamlit's st.table keeps only colours)."""
+    return "".join(char + "\u0336" for char in str(text))
+
+
 def style_step_rows(rows: pd.DataFrame) -> Styler:
     """`step_rows` styled: discarded attempts struck through in grey, alarming rows tinted red,
     scores with three decimals ("-" where there is no step probe)."""
-    return (rows.style.apply(_row_style, axis=1)
-            .format({"c_step": "{:.3f}", "c_prefix": "{:.3f}"}, na_rep="-"))
+    styled = (rows.style.apply(_row_style, axis=1)
+              .format({"c_step": "{:.3f}", "c_prefix": "{:.3f}"}, na_rep="-"))
+    discarded = rows.index[rows["status"] == DISCARDED]
+    if len(discarded):
+        styled = styled.format(strike, subset=pd.IndexSlice[discarded, ["text"]])
+    return styled
 
 
 def _score_badge(record: StepLike) -> str:
-    step = "-" if record.step_score is None else f"{record.step_score:.2f}"
+    step = "-" if record.step_score is None else f"{record.step_score:.3f}"
     alarm = " · ⚠ alarm" if record.alarm else ""
-    return f"c_step {step} · c_prefix {record.prefix_score:.2f}{alarm}"
+    return f"c_step {step} · c_prefix {record.prefix_score:.3f}{alarm}"
 
 
 def _escaped(text: str) -> str:
@@ -108,11 +118,13 @@ def open_tail(text: str, kept: Sequence[StepLike]) -> str:
 
 
 def transcript_html(text: str, kept: Sequence[StepLike], discarded: Sequence[StepLike],
-                    writing: bool = False) -> str:
+                    writing: bool = False, last_blocks: int | None = None) -> str:
     """The response as HTML, one block per step: each step's discarded attempts struck through
     in grey with their scores, then the kept step with its scores (tinted red where the alarm
     fired), then the text of the step still being written (with a cursor when `writing`).
-    Every piece of model text is escaped."""
+    With `last_blocks`, only the newest blocks are kept (the live edge stays in view in a
+    fixed-height box) under a note of how many are hidden. Every piece of model text is
+    escaped."""
     parts: list[str] = []
     by_step: dict[int, list[StepLike]] = {}
     for record in sorted(discarded, key=lambda r: (r.index, r.attempt)):
@@ -136,7 +148,12 @@ def transcript_html(text: str, kept: Sequence[StepLike], discarded: Sequence[Ste
                      f"{_escaped(tail)}{cursor}</div>")
     if not parts:
         return '<div style="color:#999">(no text)</div>'
-    return '<div style="font-family:monospace;line-height:1.45">' + "".join(parts) + "</div>"
+    if last_blocks is not None and len(parts) > last_blocks:
+        hidden = len(parts) - last_blocks
+        parts = [f'<div style="color:#999;font-size:0.8em">... {hidden} earlier block(s) '
+                 "above, shown in full at the end</div>", *parts[-last_blocks:]]
+    return ('<div style="font-family:monospace;font-size:0.9em;line-height:1.45">'
+            + "".join(parts) + "</div>")
 
 
 def _discarded_block(record: StepLike) -> str:
@@ -194,7 +211,7 @@ def live_figure(kept: Sequence[StepLike], discarded: Sequence[StepLike], thresho
             customdata=[_hover(r, DISCARDED) for r in discarded],
             hovertemplate="%{customdata}<extra></extra>"))
     fig.add_hline(y=threshold, line={"color": ALARM_COLOUR, "dash": "dash", "width": 1.5},
-                  annotation_text=f"alarm threshold {threshold:.2f}",
+                  annotation_text=f"alarm threshold {threshold:.3f}",
                   annotation_position="top left", annotation_font_color=ALARM_COLOUR)
     last = max([r.index for r in [*ordered, *discarded]], default=0)
     fig.update_layout(

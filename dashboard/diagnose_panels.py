@@ -153,7 +153,7 @@ def show_chain_scores(scored: ScoredFile, trace_id: str, stem: str) -> None:
 
 
 def _label_text(value: Any) -> str:
-    return {None: "unknown", 0: "0 (correct)", 1: "1 (hallucinated)"}[cd._labelled(value)]
+    return {None: "unknown", 0: "0 · correct", 1: "1 · wrong"}[cd._labelled(value)]
 
 
 def inspect_step(scored: ScoredFile, trace_id: str, step: int) -> None:
@@ -167,11 +167,15 @@ def inspect_step(scored: ScoredFile, trace_id: str, step: int) -> None:
                 "step)")
     cols = st.columns(4)
     step_score = rec["step_score"]
-    cols[0].metric("step score", "n/a" if pd.isna(step_score) else f"{step_score:.3f}")
+    cols[0].metric("step score", "n/a" if pd.isna(step_score) else f"{step_score:.3f}",
+                   help=f"step threshold {scored.step_threshold:.3f}")
     cols[1].metric("prefix score", f"{rec['prefix_score']:.3f}",
-                   help="alarm" if rec["alarm"] else "no alarm")
-    cols[2].metric("step label", _label_text(rec["label"]))
-    cols[3].metric("prefix label", _label_text(rec["prefix_label"]))
+                   help=f"alarm threshold {scored.threshold:.3f}: the alarm is "
+                        f"{'on' if rec['alarm'] else 'off'} here")
+    cols[2].metric("step label", _label_text(rec["label"]),
+                   help="1: this step is hallucinated (from the trace file)")
+    cols[3].metric("prefix label", _label_text(rec["prefix_label"]),
+                   help="1: the chain up to here is in a hallucinated state")
     shown = [s for s in range(step - 2, step + 3) if s in set(
         scored.steps.loc[scored.steps["trace_id"] == trace_id, "step"])]
     if scored.bundle.step is not None:

@@ -1,5 +1,6 @@
-"""What the Live page keeps between reruns: monitor runs working in background threads, probes
-loaded once, and the sample problems.
+"""What the Live page keeps between reruns: monitor runs working in background threads, and the
+sample problems. (Probe files are read and cached by `dashboard.diagnose_state`, as on the Traces
+page.)
 
 Why a thread: a Stop press makes Streamlit rerun the script, which interrupts the running script
 at its next `st.*` call, so a monitor loop inside the script could never see the press. The run
@@ -14,12 +15,10 @@ in one process-wide `JobBoard` (`st.cache_resource`).
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import streamlit as st
 
@@ -35,10 +34,8 @@ from core.monitor import (
     TokenEvent,
     monitor_events,
 )
-from core.probes import ProbeBundle, load_probe, probe_paths
-from dashboard.state import REPO_ROOT
+from core.probes import ProbeBundle
 
-PROBE_FOLDER = REPO_ROOT / "sample_traces" / "probes"
 SAMPLE_SEED = 1000  # held out: the shipped traces and probes use seed 0
 N_SAMPLES = 8
 MAX_JOBS = 16  # finished jobs kept on the board (each holds one small result)
@@ -87,8 +84,9 @@ def apply_event(progress: LiveProgress, event: MonitorEvent) -> LiveProgress:
 
 @dataclass
 class LiveJob:
-    """One monitor run in a background thread. `progress` is replaced (never mutated) on each
-    event, so a reader always sees a consistent snapshot."""
+    """One monitor run in a background thread. Not a frozen record by design: the thread
+    replaces `progress` (itself frozen, never mutated) on each event, so a reader always sees a
+    consistent snapshot."""
 
     question: str
     config: MonitorConfig
@@ -124,12 +122,6 @@ class LiveJob:
         finally:
             self.progress = replace(self.progress, finished=True,
                                     version=self.progress.version + 1)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ends (tests, or a new run replacing this one); True if it did."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.progress.finished
 
 
 class JobBoard:
@@ -173,49 +165,6 @@ def start_job(loaded: LoadedModel, bundle: ProbeBundle, question: str, config: M
     job_board().add(job)
     job._thread.start()
     return job
-
-
-# ---------------------------------------------------------------------------- probes
-
-
-def shipped_probes(folder: Path = PROBE_FOLDER) -> list[Path]:
-    """Probe files shipped with the project: `*.safetensors` with a `.json` sidecar, by name."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("*.safetensors") if probe_paths(p)[1].is_file())
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def probe_from_path(path: str, modified_ns: int) -> ProbeBundle:
-    """`load_probe` once per file version (`modified_ns` keys the cache, so an edited file is
-    read again). Raises FileNotFoundError / ValueError with a sentence."""
-    return load_probe(path)
-
-
-def probe_file_version(path: str | Path) -> int:
-    """The newer modification time of a probe's two files (0 when one is missing)."""
-    try:
-        return max(p.stat().st_mtime_ns for p in probe_paths(path))
-    except OSError:
-        return 0
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def probe_from_upload(weights: bytes, sidecar: bytes) -> ProbeBundle:
-    """A probe from uploaded bytes (written to a temporary folder, then `load_probe`), once per
-    content. Raises ValueError with a sentence when either file is not valid."""
-    with tempfile.TemporaryDirectory(prefix="telltale-probe-") as folder:
-        stem = Path(folder) / "probe"
-        weights_path, sidecar_path = probe_paths(stem)
-        weights_path.write_bytes(weights)
-        sidecar_path.write_bytes(sidecar)
-        try:
-            return load_probe(stem)
-        except ValueError:
-            raise
-        except Exception as error:  # noqa: BLE001 - e.g. a safetensors header error
-            raise ValueError(f"The uploaded weights are not a valid probe file: "
-                             f"{type(error).__name__}: {error}.") from None
 
 
 # ---------------------------------------------------------------------------- prompts

@@ -122,8 +122,9 @@ def test_upload_compute_and_plot(app_url: str, tmp_path: Path) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(app_url, wait_until="domcontentloaded")
             page.get_by_role("heading", name="Traces").wait_for(timeout=60_000)
-            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
-                str(upload))
+            # the trace file's uploader is the first (the probe section has its own)
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').first \
+                .set_input_files(str(upload))
             page.get_by_text(f"Problems in {upload.name}").or_(
                 page.get_by_role("heading", name="Chains")).first.wait_for(timeout=60_000)
             page.get_by_role("heading", name="Chains").wait_for(timeout=60_000)

@@ -62,6 +62,9 @@ def test_style_strikes_through_discarded_rows_and_tints_alarms() -> None:
     html_text = charts_live.style_step_rows(rows).to_html()
     assert rows_with(html_text, "line-through") == {1, 2}
     assert rows_with(html_text, "background-color") == {1, 2, 4}
+    struck = "7\u0336 \u0336*\u0336 \u03362\u0336 \u0336=\u0336 \u03361\u03365\u0336"
+    assert charts_live.strike("7 * 2 = 15") == struck and struck in html_text
+    assert ">7 * 2 = 14<" in html_text and ">3 + 4 = 7<" in html_text  # kept text plain
     no_step_probe = charts_live.step_rows([rec(0, "x", 0.5, step=None)], [])
     assert ">-<" in charts_live.style_step_rows(no_step_probe).to_html()  # c_step shown as "-"
 
@@ -81,7 +84,7 @@ def test_transcript_orders_steps_and_strikes_discarded_attempts() -> None:
     assert order == sorted(order)
     assert "<s>7 * 2 = 15</s>" in page and "<s>7 * 2 = 16</s>" in page
     assert "<s>7 * 2 = 14</s>" not in page
-    assert "step 1, attempt 1 discarded · c_step 0.55 · c_prefix 0.65 · ⚠ alarm" in page
+    assert "step 1, attempt 1 discarded · c_step 0.550 · c_prefix 0.650 · ⚠ alarm" in page
     assert page.count("⚠ alarm") == 3  # two discarded attempts and the kept step 2
     assert page.count(f"border-left:3px solid {charts_live.ALARM_COLOUR}") == 1
     assert "▌" not in page  # finished: no cursor
@@ -95,6 +98,17 @@ def test_transcript_shows_the_retry_in_progress_and_escapes_model_text() -> None
     assert page.index("3 + 4 = 7") < page.index("&lt;b&gt;") < page.index("&lt;i&gt;")
     assert page.endswith('▌</span></div></div>')
     assert "(no text)" in charts_live.transcript_html("", [], [])
+
+
+def test_transcript_keeps_only_the_newest_blocks_when_asked() -> None:
+    page = charts_live.transcript_html(TEXT + "Do", KEPT, DISCARDED, writing=True,
+                                       last_blocks=2)
+    assert "... 4 earlier block(s) above" in page  # 3 kept + 2 discarded + the open tail = 6
+    assert "Answer: 14" in page and "Do▌" in page.replace("</span>", "").replace(
+        '<span style="color:#999">', "")
+    assert "7 * 2 = 14" not in page and "3 + 4 = 7" not in page
+    assert charts_live.transcript_html(TEXT, KEPT, DISCARDED, last_blocks=10) == \
+        charts_live.transcript_html(TEXT, KEPT, DISCARDED)
 
 
 def traces_by_name(fig) -> dict[str, object]:
@@ -117,6 +131,7 @@ def test_live_figure_traces_hold_the_scores() -> None:
     assert "7 * 2 = 15" in gone.customdata[0]
     (line_shape,) = fig.layout.shapes
     assert line_shape.y0 == line_shape.y1 == 0.5
+    assert [a.text for a in fig.layout.annotations] == ["alarm threshold 0.500"]
     assert list(fig.layout.xaxis.range) == [-0.6, charts_live.MIN_STEPS_SHOWN - 1 + 0.6]
     assert list(fig.layout.yaxis.range) == [0, 1.08]
     assert fig.layout.title.text == "t"

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.monitor import DoneEvent, MonitorConfig, MonitorResult, StepEvent, StepRecord, TokenEvent
 from core.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
+from dashboard import diagnose_state as dstate
 from dashboard import live_state
 from dashboard.views import live
 
@@ -37,10 +38,12 @@ def random_bundle(hidden: int, *, layer: int = 15, bias: float = 0.0, threshold:
                        tracker=LinearProbe(rng.normal(size=hidden + 1) * 3, bias, 1))
 
 
-def open_live() -> AppTest:
-    """The app on its Live page. AppTest.switch_page only knows file pages, so the run is
-    pointed at the hash st.navigation registered for the url_path "live"."""
+def open_live(preset: dict[str, object] | None = None) -> AppTest:
+    """The app on its Live page, with `preset` in session state. AppTest.switch_page only knows
+    file pages, so the run is pointed at the hash st.navigation registered for "live"."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in (preset or {}).items():
+        at.session_state[key] = value
     at.run()
     pages = at._registered_pages  # noqa: SLF001 - no public switch for callable pages
     at._page_hash = next(h for h, info in pages.items() if info.get("url_pathname") == "live")
@@ -67,7 +70,7 @@ def use_probe_path(at: AppTest, path: Path) -> AppTest:
 
 def test_page_renders_without_model_and_probe(monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
-    monkeypatch.setattr(live_state, "PROBE_FOLDER", tmp_path / "no-probes")
+    monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
     at = open_live()
     assert not at.error
     assert any("No probe yet" in i and "telltale train" in i for i in texts(at.info))
@@ -81,7 +84,7 @@ def test_page_renders_without_model_and_probe(monkeypatch: pytest.MonkeyPatch,
 
 def test_sample_select_fills_the_prompt_box(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
-    monkeypatch.setattr(live_state, "PROBE_FOLDER", tmp_path)
+    monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
     at = open_live()
     label, prompt = live_state.sample_prompts()[3]
     at.selectbox(key=live.SAMPLE_KEY).select(label).run()
@@ -92,13 +95,14 @@ def test_sample_select_fills_the_prompt_box(monkeypatch: pytest.MonkeyPatch,
 
 def test_probe_file_sets_the_threshold_and_enables_start(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(live_state, "PROBE_FOLDER", tmp_path / "no-probes")
+    monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
     save_probe(tmp_path / "one", random_bundle(DEFAULT_HIDDEN, threshold=0.375))
     save_probe(tmp_path / "two", random_bundle(DEFAULT_HIDDEN, threshold=0.8, seed=1))
     at = use_probe_path(open_live(), tmp_path / "one")
     assert not at.error and not at.info
     assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.375)
-    assert any("threshold **0.375**" in c and "layer 15" in c for c in texts(at.caption))
+    assert any(c.startswith("**one**") and "alarm threshold **0.375**" in c
+               and "layer **15**" in c for c in texts(at.caption))
     assert not button(at, "Start").disabled
     at.slider(key=live.THRESHOLD_KEY).set_value(0.6).run()
     assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.6)  # the user's stays
@@ -117,23 +121,35 @@ def test_bad_probe_files_are_one_sentence(tmp_path: Path) -> None:
     assert len(at.error) == 1 and "is not valid" in at.error[0].value
 
 
-def test_shipped_probes_need_both_files(tmp_path: Path) -> None:
-    save_probe(tmp_path / "b", random_bundle(8))
-    save_probe(tmp_path / "a", random_bundle(8))
-    (tmp_path / "lonely.safetensors").write_bytes(b"")
-    assert [p.name for p in live_state.shipped_probes(tmp_path)] == ["a.safetensors",
-                                                                     "b.safetensors"]
-    assert live_state.shipped_probes(tmp_path / "missing") == []
-
-
-def test_upload_reads_a_probe_pair(tmp_path: Path) -> None:
+def test_uploaded_probe_pair_is_read_and_half_a_pair_is_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
     weights, sidecar = save_probe(tmp_path / "up", random_bundle(DEFAULT_HIDDEN, threshold=0.25))
-    bundle = live_state.probe_from_upload(weights.read_bytes(), sidecar.read_bytes())
-    assert bundle.meta.threshold == 0.25 and bundle.step is not None
-    assert np.array_equal(bundle.tracker.weight,
-                          random_bundle(DEFAULT_HIDDEN, threshold=0.25).tracker.weight)
-    with pytest.raises(ValueError, match="not a valid probe"):
-        live_state.probe_from_upload(b"junk", sidecar.read_bytes())
+    at = open_live()
+    at.selectbox(key=live.PROBE_KEY).select(live.UPLOAD_OPTION).run()
+    uploader = at.file_uploader(key=live.PROBE_UPLOAD_KEY)
+    uploader.upload("up.safetensors", weights.read_bytes()).run()
+    assert not at.exception
+    assert any("one .safetensors and one .json (got 1 and 0)" in w for w in texts(at.warning))
+    assert button(at, "Start").disabled
+    at.file_uploader(key=live.PROBE_UPLOAD_KEY).set_value([
+        ("up.safetensors", weights.read_bytes(), "application/octet-stream"),
+        ("up.json", sidecar.read_bytes(), "application/json")]).run()
+    assert not at.exception and not at.warning and not at.error
+    assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.25)
+    assert any(c.startswith("**up**") and "hidden size 576" in c for c in texts(at.caption))
+    assert not button(at, "Start").disabled
+
+
+def test_a_probe_trained_on_the_traces_page_is_offered(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
+    probe = dstate.bundle_files(random_bundle(DEFAULT_HIDDEN, threshold=0.125), "traced")
+    dstate.keep_trained(probe)
+    at = open_live({dstate.TRAINED_KEY: {"hash": probe.hash, "name": probe.name}})
+    assert at.selectbox(key=live.PROBE_KEY).options[0] == f"{live.TRAINED_OPTION}: traced"
+    assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.125)
+    assert not any("No probe yet" in i for i in texts(at.info))
 
 
 def rec(index: int, prefix: float, *, kept: bool = True, attempt: int = 0) -> StepRecord:
@@ -200,7 +216,7 @@ def test_job_board_keeps_running_jobs_and_drops_old_finished_ones() -> None:
 def test_backtracking_run_on_default_model_ends_with_summary(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
-    monkeypatch.setattr(live_state, "PROBE_FOLDER", tmp_path / "no-probes")
+    monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
     # a large tracker bias: every step alarms, so each is retried once, then the least
     # alarming attempt is kept
     save_probe(tmp_path / "alarming", random_bundle(DEFAULT_HIDDEN, bias=8.0, threshold=0.5))
@@ -232,6 +248,15 @@ def test_backtracking_run_on_default_model_ends_with_summary(tmp_path: Path,
     assert job.config.mode == "backtrack" and job.config.max_new_tokens == 24
     for key in (live.JOB_KEY, live.THRESHOLD_FOR_KEY):  # small plain values only
         json.dumps(at.session_state[key])
+
+    # stop mode: the first step alarms, and generation ends there (the kill switch)
+    at.radio(key=live.MODE_KEY).set_value("stop").run()
+    button(at, "Start").click().run(timeout=RUN_TIMEOUT)
+    assert not at.exception
+    assert any("The alarm stopped generation" in e for e in texts(at.error))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["stopped by alarm"] == "yes"
+    assert metrics["steps"] == metrics["alarms"] == "1" and metrics["discarded"] == "0"
 
     # a probe made for another model: one sentence, no run
     save_probe(tmp_path / "small", random_bundle(32, layer=1))

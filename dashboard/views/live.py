@@ -18,8 +18,11 @@ from pathlib import Path
 import streamlit as st
 
 from core.monitor import MonitorConfig
-from core.probes import ProbeBundle
+from core.probes import ProbeBundle, probe_paths
 from dashboard import charts_live, live_state, state
+from dashboard import diagnose_state as dstate
+from dashboard.diagnose_state import ProbeFile
+from dashboard.probe_picker import probe_card
 from dashboard.sidebar import request_model
 
 JOB_KEY = "live_job"  # session state: the id of this session's latest run
@@ -40,11 +43,13 @@ RETRIES_KEY = "live_retries"
 MAX_BACKTRACKS_KEY = "live_max_backtracks"
 RETRY_STEP_KEY = "live_retry_temperature_step"
 
+TRAINED_OPTION = "trained on the Traces page"
 PATH_OPTION = "a probe file on this machine ..."
 UPLOAD_OPTION = "upload a probe (.safetensors + .json) ..."
 OWN_PROMPT = "(your own prompt)"
 POLL_S = 0.15  # how often a running job is read; the text and chart redraw only on change
 PANEL_HEIGHT = 440
+LIVE_BLOCKS = 7  # steps shown in the reply box while writing, so the newest stays in view
 MODE_HELP = {
     "watch": "watch: flag alarms, let the model write on",
     "stop": "stop: end generation at the first alarm (the kill switch)",
@@ -81,17 +86,21 @@ def choose_prompt() -> str:
     return str(st.text_area("Prompt (the user's message)", key=PROMPT_KEY, height=260))
 
 
-def probe_from_path(typed: str) -> tuple[str, ProbeBundle] | None:
+def probe_from_path(typed: str) -> ProbeFile | None:
+    """The probe files at a typed path (NAME, NAME.safetensors or NAME.json)."""
     if not typed.strip():
         st.caption("Type the probe's name as `telltale train --out` wrote it (NAME, "
                    "NAME.safetensors or NAME.json).")
         return None
-    path = Path(typed.strip()).expanduser()
-    bundle = live_state.probe_from_path(str(path), live_state.probe_file_version(path))
-    return path.name.removesuffix(".safetensors").removesuffix(".json"), bundle
+    weights, sidecar = probe_paths(Path(typed.strip()).expanduser())
+    for file in (weights, sidecar):
+        if not file.is_file():
+            raise ValueError(f"Probe file {file} does not exist (a probe is a .safetensors "
+                             "file with a .json sidecar of the same name).")
+    return ProbeFile(weights.stem, weights.read_bytes(), sidecar.read_bytes())
 
 
-def probe_from_upload() -> tuple[str, ProbeBundle] | None:
+def probe_from_upload() -> ProbeFile | None:
     files = st.file_uploader("Probe files", type=["safetensors", "json"],
                              accept_multiple_files=True, key=PROBE_UPLOAD_KEY,
                              help="Both files of one probe: NAME.safetensors and NAME.json.")
@@ -100,47 +109,57 @@ def probe_from_upload() -> tuple[str, ProbeBundle] | None:
     if not weights and not sidecars:
         return None
     if len(weights) != 1 or len(sidecars) != 1:
-        st.warning(f"Upload exactly one .safetensors and one .json file (got {len(weights)} and "
-                   f"{len(sidecars)}).")
+        st.warning(f"Upload both files of one probe: one .safetensors and one .json (got "
+                   f"{len(weights)} and {len(sidecars)}).")
         return None
-    bundle = live_state.probe_from_upload(weights[0].getvalue(), sidecars[0].getvalue())
-    return Path(weights[0].name).stem, bundle
+    return ProbeFile(Path(weights[0].name).stem, weights[0].getvalue(), sidecars[0].getvalue())
 
 
-def choose_probe() -> tuple[str, ProbeBundle] | None:
-    """The probe to run with (name, bundle), or None with a note saying how to get one."""
-    shipped = {path.stem: path for path in live_state.shipped_probes()}
-    choice = st.selectbox("Probe", [*shipped, PATH_OPTION, UPLOAD_OPTION], key=PROBE_KEY,
-                          help="Shipped probes are in sample_traces/probes/; `telltale train` "
-                               "makes new ones.")
+def trained_on_traces_page() -> ProbeFile | None:
+    """The probe this session trained on the Traces page, while the process still holds it."""
+    record = st.session_state.get(dstate.TRAINED_KEY)
+    if not isinstance(record, dict):
+        return None
+    return dstate.trained_store().get(str(record.get("hash")))
+
+
+def choose_probe() -> tuple[ProbeFile, ProbeBundle] | None:
+    """The probe to run with (its files and parsed bundle), or None with a note saying how to
+    get one. Probe files are parsed and cached by `dashboard.diagnose_state`, as on the Traces
+    page."""
+    shipped = {path.stem: path for path in dstate.shipped_probes()}
+    trained = trained_on_traces_page()
+    options = [*shipped, *([TRAINED_OPTION] if trained else []), PATH_OPTION, UPLOAD_OPTION]
+    choice = st.selectbox(
+        "Probe", options, key=PROBE_KEY,
+        format_func=lambda o: f"{o}: {trained.name}" if o == TRAINED_OPTION and trained else o,
+        help="Shipped probes are in sample_traces/probes/; `telltale train` or the Traces page "
+             "makes new ones.")
     try:
         if choice == PATH_OPTION:
-            chosen = probe_from_path(st.text_input("Probe file", key=PROBE_PATH_KEY,
-                                                   placeholder="/path/to/my-probe"))
+            probe = probe_from_path(st.text_input("Probe file", key=PROBE_PATH_KEY,
+                                                  placeholder="/path/to/my-probe"))
         elif choice == UPLOAD_OPTION:
-            chosen = probe_from_upload()
+            probe = probe_from_upload()
+        elif choice == TRAINED_OPTION:
+            probe = trained
         else:
-            path = shipped[choice]
-            chosen = choice, live_state.probe_from_path(str(path),
-                                                        live_state.probe_file_version(path))
-    except (FileNotFoundError, ValueError) as error:
+            probe = dstate.read_probe_file(shipped[choice])
+        bundle = dstate.load_bundle(probe) if probe is not None else None
+    except (OSError, ValueError) as error:
         st.error(str(error))
         return None
-    if chosen is None and not shipped:
-        st.info(NO_PROBE)
-    return chosen
+    if probe is None or bundle is None:
+        if not shipped and not trained:
+            st.info(NO_PROBE)
+        return None
+    probe_card(probe, bundle)
+    return probe, bundle
 
 
-def probe_card(bundle: ProbeBundle) -> None:
-    meta = bundle.meta
-    kind = "step probe + prefix tracker" if bundle.step is not None else "prefix tracker"
-    st.caption(f"{kind} for **{meta.model_name}** (hidden size {meta.hidden_size}), layer "
-               f"{meta.layer}; calibrated alarm threshold **{meta.threshold:.3f}**.")
-
-
-def choose_threshold(name: str, bundle: ProbeBundle) -> float:
+def choose_threshold(probe: ProbeFile, bundle: ProbeBundle) -> float:
     """The alarm threshold; reset to the probe's calibrated one whenever the probe changes."""
-    identity = f"{name}:{bundle.meta.data_hash}:{bundle.meta.threshold}"
+    identity = probe.hash
     if st.session_state.get(THRESHOLD_FOR_KEY) != identity:
         st.session_state[THRESHOLD_FOR_KEY] = identity
         st.session_state[THRESHOLD_KEY] = round(float(bundle.meta.threshold), 3)
@@ -195,7 +214,8 @@ def request_start() -> None:
     st.session_state[PENDING_KEY] = True
 
 
-def start_run(prompt: str, probe: tuple[str, ProbeBundle], mode: str, threshold: float | None,
+def start_run(prompt: str, probe: tuple[ProbeFile, ProbeBundle], mode: str,
+              threshold: float | None,
               sampling: dict[str, float | int]) -> None:
     """Start a run with the page's settings; problems are shown as one sentence."""
     loaded = state.current_model()
@@ -209,7 +229,7 @@ def start_run(prompt: str, probe: tuple[str, ProbeBundle], mode: str, threshold:
             seed=int(sampling["seed"]), retries=int(sampling["retries"]),
             max_backtracks=int(sampling["max_backtracks"]),
             retry_temperature_step=float(sampling["retry_temperature_step"]))
-        job = live_state.start_job(loaded, probe[1], prompt, config, probe_name=probe[0])
+        job = live_state.start_job(loaded, probe[1], prompt, config, probe_name=probe[0].name)
     except ValueError as error:  # a probe for another model, an empty prompt, a bad setting
         st.error(str(error))
         return
@@ -236,8 +256,9 @@ class LiveView:
     def draw(self, job: live_state.LiveJob) -> None:
         progress = job.progress
         writing = not progress.finished
-        self.transcript.html(charts_live.transcript_html(progress.text, progress.kept,
-                                                         progress.discarded, writing=writing))
+        self.transcript.html(charts_live.transcript_html(
+            progress.text, progress.kept, progress.discarded, writing=writing,
+            last_blocks=LIVE_BLOCKS if writing else None))
         n_steps = len(progress.kept) + len(progress.discarded)
         if n_steps != self.steps_drawn or not writing:
             self.draws += 1
@@ -246,7 +267,10 @@ class LiveView:
                                              title=title)
             self.chart.plotly_chart(figure, key=f"live_chart_{job.id}_{self.draws}")
             self.steps_drawn = n_steps
-        if writing:
+        if writing and progress.tokens == 0:
+            self.status.info(f"Reading the prompt ({job.config.mode} mode) ...",
+                             icon=":material/hourglass_top:")
+        elif writing:
             alarms = sum(step.alarm for step in progress.kept)
             self.status.info(
                 f"Writing ({job.config.mode} mode): {progress.tokens} tokens, "
@@ -330,7 +354,6 @@ def render() -> None:
         probe = choose_probe()
         threshold = None
         if probe is not None:
-            probe_card(probe[1])
             threshold = choose_threshold(*probe)
         mode = str(st.radio("Mode", list(MODE_HELP), key=MODE_KEY, horizontal=True,
                             format_func=str.capitalize,

@@ -1,0 +1,402 @@
+"""Pure functions for the Introspection page: tables in, HTML or a plotly figure out. No
+Streamlit and no torch here, so every figure is checked in a plain test.
+
+The tables are the ones `core` returns: per-trial rows of `core.introspection.run_trials` /
+`run_sweep` (TRIAL_COLUMNS), per-condition rates (`TrialRun.rates()`), the sweep summary
+(`sweep_summary`, one row per layer x strength x concept), the logit-lens table (layer, condition,
+token, prob, rank) and the prefill summary (layer, condition, n, apology, apology_lo,
+apology_hi).
+
+    html = trial_card_html(row)                 # one reply with its grading marks
+    fig = logit_lens_figure(lens, layer=20)     # concept token rank and probability per layer
+    fig = sweep_heatmaps(summary)               # net, identification, coherence: layer x strength
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Conditions as `core.introspection.CONDITIONS` spells them (kept here so this module does not
+# import torch; a test checks that the two agree), each with its title and colour.
+CONDITION_TITLES: dict[str, str] = {
+    "injected": "concept injected",
+    "none": "no injection",
+    "random": "random vector (same norm)",
+    "negated": "negated vector (−v)",
+}
+CONDITION_SHORT: dict[str, str] = {
+    "injected": "concept", "none": "no injection", "random": "random", "negated": "negated"}
+CONDITION_COLOURS: dict[str, str] = {
+    "injected": "#C0392B",
+    "none": "#4C78A8",
+    "random": "#8C8C8C",
+    "negated": "#72B7B2",
+}
+# Prefill conditions as `core.prefill.PREFILL_CONDITIONS` spells them.
+PREFILL_TITLES: dict[str, str] = {
+    "none": "no injection",
+    "matching": "the prefilled word's concept",
+    "random": "another word's concept",
+}
+PREFILL_COLOURS: dict[str, str] = {"none": "#4C78A8", "matching": "#C0392B", "random": "#8C8C8C"}
+RATE_TITLES: dict[str, str] = {
+    "detection": "detection",
+    "identification": "identification",
+    "coherence": "coherence",
+}
+RATE_COLOURS: dict[str, str] = {"detection": "#F58518", "identification": "#C0392B",
+                                "coherence": "#54A24B"}
+CLAIM_COLOUR = "rgba(84, 162, 75, 0.30)"
+CONCEPT_COLOUR = "rgba(245, 133, 24, 0.35)"
+LATE_CLAIM_CONCEPT_COLOUR = "rgba(214, 39, 40, 0.30)"  # the concept named before the claim
+CLAIM_END = re.compile(r"[.,;:!?\n]")
+MAX_CLAIM_CHARS = 60
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")  # the grader's word pattern
+
+
+# ---------------------------------------------------------------------------- marked replies
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch [start, end) of a reply to mark: kind "claim" (the first detection claim) or
+    "concept" (the first mention of the concept)."""
+
+    start: int
+    end: int
+    kind: str
+
+
+def _is_offset(value: Any) -> bool:
+    if value is None:
+        return False
+    try:
+        return not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def concept_span(reply: str, concept_at: int, concept: str) -> Span:
+    """The mention at `concept_at`: as many words as the concept has (at least one)."""
+    n_words = max(1, len(_WORD.findall(concept)))
+    words = list(_WORD.finditer(reply, concept_at))[:n_words]
+    end = words[-1].end() if words else min(len(reply), concept_at + 1)
+    return Span(concept_at, end, "concept")
+
+
+def claim_span(reply: str, claim_at: int, stop: int | None = None) -> Span:
+    """The claim at `claim_at`, to the end of its clause (the next , . ; : ! ? or line break),
+    to `stop` (where the concept is named) or to MAX_CLAIM_CHARS characters, whichever comes
+    first; trailing spaces are left out. The grader gives only where a claim starts, so this
+    is where the mark ends, not where the grader's pattern did."""
+    limit = min(len(reply), claim_at + MAX_CLAIM_CHARS)
+    if stop is not None and claim_at < stop < limit:
+        limit = stop
+    found = CLAIM_END.search(reply, claim_at, limit)
+    end = found.start() if found else limit
+    while end > claim_at and reply[end - 1].isspace():
+        end -= 1
+    if end == claim_at:  # a claim that is only punctuation ("Yes!" cut at "!"): one character
+        end = min(len(reply), claim_at + 1)
+    return Span(claim_at, end, "claim")
+
+
+def mark_spans(reply: str, claim_at: Any, concept_at: Any, concept: str | None) -> list[Span]:
+    """The spans to mark in a reply, in order and never overlapping (a later span starts where
+    an earlier one ends). `claim_at` / `concept_at` are the grader's offsets (None or NaN when
+    absent)."""
+    spans: list[Span] = []
+    concept_start = int(concept_at) if _is_offset(concept_at) and concept else None
+    if concept_start is not None and concept:
+        spans.append(concept_span(reply, concept_start, concept))
+    if _is_offset(claim_at):
+        spans.append(claim_span(reply, int(claim_at), concept_start))
+    spans.sort(key=lambda s: (s.start, s.kind))
+    out: list[Span] = []
+    for span in spans:
+        start = max(span.start, out[-1].end) if out else span.start
+        if start < span.end:
+            out.append(Span(start, span.end, span.kind))
+    return out
+
+
+def reply_html(reply: str, claim_at: Any, concept_at: Any, concept: str | None) -> str:
+    """The reply, HTML-escaped, with the detection claim and the concept mention highlighted.
+    A concept named before the claim (the immediacy rule fails) is marked red."""
+    spans = mark_spans(reply, claim_at, concept_at, concept)
+    claim_first = any(s.kind == "claim" for s in spans) and (
+        not _is_offset(concept_at) or int(claim_at) < int(concept_at))
+    parts: list[str] = []
+    at = 0
+    for span in spans:
+        parts.append(html.escape(reply[at : span.start]))
+        if span.kind == "claim":
+            style, title = CLAIM_COLOUR, "detection claim"
+        elif claim_first:
+            style, title = CONCEPT_COLOUR, "the concept, named after the claim"
+        else:
+            style, title = (LATE_CLAIM_CONCEPT_COLOUR,
+                            "the concept, named before any detection claim (immediacy rule)")
+        parts.append(f'<mark class="{span.kind}" title="{title}" style="background:{style};'
+                     f'padding:0 2px;border-radius:3px">{html.escape(reply[span.start:span.end])}'
+                     "</mark>")
+        at = span.end
+    parts.append(html.escape(reply[at:]))
+    return "".join(parts) if reply else '<span style="color:#888">(empty reply)</span>'
+
+
+GRADE_MARKS = (("coherent", "coherent"), ("affirmative", "affirmative"),
+               ("names_concept", "names the concept"), ("immediate", "claim first"),
+               ("identified", "identified"))
+
+
+def _badge(label: str, on: bool) -> str:
+    colour = "rgba(84, 162, 75, 0.22)" if on else "rgba(140, 140, 140, 0.15)"
+    sign = "✓" if on else "✗"
+    return (f'<span style="background:{colour};border-radius:9px;padding:1px 7px;'
+            f'margin-right:4px;font-size:0.8rem;white-space:nowrap">{sign} {label}</span>')
+
+
+def trial_card_html(row: Mapping[str, Any]) -> str:
+    """One trial: the rule grader's marks as badges, then the marked reply. `row` is a row of the
+    trial table (reply, concept, claim_at, concept_at and the grade columns)."""
+    concept = row.get("concept")
+    concept = concept if isinstance(concept, str) and concept else None
+    badges = "".join(_badge(label, bool(row.get(key))) for key, label in GRADE_MARKS)
+    body = reply_html(str(row.get("reply") or ""), row.get("claim_at"), row.get("concept_at"),
+                      concept)
+    return (f'<div style="margin-bottom:6px">{badges}</div>'
+            f'<div style="white-space:pre-wrap;line-height:1.5;font-size:0.95rem">{body}</div>')
+
+
+def mark_legend_html() -> str:
+    """What the highlights mean."""
+    return ('<div style="font-size:0.8rem;color:#666">'
+            f'<mark style="background:{CLAIM_COLOUR};padding:0 2px">detection claim</mark> '
+            f'<mark style="background:{CONCEPT_COLOUR};padding:0 2px">concept, after the '
+            'claim</mark> '
+            f'<mark style="background:{LATE_CLAIM_CONCEPT_COLOUR};padding:0 2px">concept, '
+            'before any claim (fails the immediacy rule)</mark></div>')
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def fraction_text(p: Any, k: int | None = None, n: int | None = None) -> str:
+    """0.25 -> '0.25'; with counts '0.25 (1/4)'; None or NaN -> 'n/a'."""
+    if not _is_offset(p):
+        return "n/a"
+    text = f"{float(p):.2f}"
+    return f"{text} ({k}/{n})" if k is not None and n is not None else text
+
+
+def push_sentence(vector_norm: float, mean_residual_norm: float, strength: float,
+                  scale: str) -> str:
+    """How big the push is against the residual stream at the layer.
+
+    raw: added norm = strength * ||v||; relative: strength * mean residual norm.
+    """
+    added = strength * (vector_norm if scale == "raw" else mean_residual_norm)
+    share = added / mean_residual_norm if mean_residual_norm > 0 else float("nan")
+    return (f"‖v‖ = {vector_norm:.2f}; the residual stream's mean norm at this layer is "
+            f"{mean_residual_norm:.1f}: strength {strength:g} ({scale}) adds a vector of norm "
+            f"{added:.1f}, {share:.2f}× the residual norm.")
+
+
+# ---------------------------------------------------------------------------- single trial
+
+
+def condition_rates_figure(rates: pd.DataFrame, title: str = "Rates per condition") -> go.Figure:
+    """Detection, identification and coherence for each condition as grouped bars with their
+    95% Wilson intervals as error bars. `rates` has the columns of `TrialRun.rates()`."""
+    fig = go.Figure()
+    names = [CONDITION_SHORT.get(c, c) for c in rates["condition"]]
+    for key, title_ in RATE_TITLES.items():
+        p = pd.to_numeric(rates[key], errors="coerce")
+        lo = pd.to_numeric(rates[f"{key}_lo"], errors="coerce")
+        hi = pd.to_numeric(rates[f"{key}_hi"], errors="coerce")
+        fig.add_trace(go.Bar(
+            x=names, y=p, name=title_, marker={"color": RATE_COLOURS[key]},
+            error_y={"type": "data", "array": hi - p, "arrayminus": p - lo, "visible": True},
+            customdata=list(zip(rates["n"], lo, hi, strict=True)),
+            hovertemplate=(f"{title_}<br>%{{x}}: %{{y:.2f}} [%{{customdata[1]:.2f}}, "
+                           "%{customdata[2]:.2f}], n %{customdata[0]}<extra></extra>")))
+    fig.update_layout(
+        title=title, barmode="group", yaxis={"title": "rate (95% Wilson interval)",
+                                             "range": [0, 1.05]},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+        margin={"t": 100, "l": 60, "r": 20, "b": 50}, height=470)
+    return fig
+
+
+def logit_lens_figure(table: pd.DataFrame, layer: int, strength: float | None = None
+                      ) -> go.Figure:
+    """The concept token's rank (top, log scale, rank 1 at the top) and probability (bottom, log
+    scale) per layer, without and with the injection; a dashed line marks the injection layer
+    (layers before it cannot change). `table` has the columns of `core.logit_lens.logit_lens`."""
+    token = str(table["token"].iloc[0]) if len(table) else ""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("rank of the token (1 = the top prediction)",
+                                        "probability of the token"))
+    shown = f" (strength {strength:g})" if strength is not None else ""
+    # with injection first, so the dashed line without it stays visible where the two agree
+    styles = {"injected": (CONDITION_COLOURS["injected"], "solid", f"with injection{shown}"),
+              "none": (CONDITION_COLOURS["none"], "dash", "without injection")}
+    for condition, (colour, dash, name) in styles.items():
+        rows = table[table["condition"] == condition].sort_values("layer")
+        if rows.empty:
+            continue
+        line = {"color": colour, "dash": dash, "width": 2.5}
+        fig.add_trace(go.Scatter(
+            x=rows["layer"], y=rows["rank"], name=name, mode="lines+markers", line=line,
+            legendgroup=condition, hovertemplate=f"{name}<br>layer %{{x}}: rank %{{y}}"
+                                                 "<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(
+            x=rows["layer"], y=rows["prob"], name=name, mode="lines+markers", line=line,
+            legendgroup=condition, showlegend=False,
+            hovertemplate=f"{name}<br>layer %{{x}}: p = %{{y:.3g}}<extra></extra>"),
+            row=2, col=1)
+    marker = {"color": "#555", "dash": "dot", "width": 1.5}
+    fig.add_vline(x=layer, line=marker, row=1, col=1,
+                  annotation_text=f"injection at layer {layer}",
+                  annotation_position="top right", annotation_font_color="#555")
+    fig.add_vline(x=layer, line=marker, row=2, col=1)
+    fig.update_yaxes(type="log", autorange="reversed", title_text="rank", row=1, col=1)
+    fig.update_yaxes(type="log", exponentformat="power", title_text="probability", row=2, col=1)
+    fig.update_xaxes(title_text="layer (residual stream after this block)", row=2, col=1)
+    fig.update_layout(
+        title=f"Logit lens: the token {token!r} per layer",
+        hovermode="x unified",
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "xanchor": "left", "x": 0},
+        margin={"t": 110, "l": 70, "r": 20, "b": 50}, height=560)
+    return fig
+
+
+# ---------------------------------------------------------------------------- sweep
+
+
+def heatmap_grid(summary: pd.DataFrame, value: str, concept: str | None = None) -> pd.DataFrame:
+    """`value` over strength (rows, ascending) x layer (columns, ascending) for one concept, or
+    the mean over the summary's concepts when `concept` is None. Missing values are NaN."""
+    rows = summary if concept is None else summary[summary["concept"] == concept]
+    if rows.empty:
+        return pd.DataFrame(dtype=float)
+    data = rows.assign(_v=pd.to_numeric(rows[value], errors="coerce"))
+    return data.pivot_table(index="strength", columns="layer", values="_v", aggfunc="mean",
+                            dropna=False).sort_index().sort_index(axis=1)
+
+
+def _heatmap(grid: pd.DataFrame, zmin: float, zmax: float, colorscale: str | list[Any],
+             name: str) -> go.Heatmap:
+    z = [[None if pd.isna(v) else float(v) for v in row] for row in grid.to_numpy()]
+    return go.Heatmap(
+        z=z, x=[str(c) for c in grid.columns], y=[f"{s:g}" for s in grid.index], zmin=zmin,
+        zmax=zmax, colorscale=colorscale, showscale=False, texttemplate="%{z:.2f}",
+        hovertemplate=f"{name}<br>layer %{{x}}, strength %{{y}}: %{{z:.2f}}<extra></extra>",
+        xgap=2, ygap=2)
+
+
+def _concept_note(summary: pd.DataFrame, concept: str | None) -> str:
+    if concept is not None:
+        return f"concept '{concept}'"
+    n = summary["concept"].nunique()
+    return f"concept '{summary['concept'].iloc[0]}'" if n == 1 else f"mean over {n} concepts"
+
+
+SWEEP_PANELS = (("net", "net score", -1.0, 1.0, "RdBu"),
+                ("identification", "identification", 0.0, 1.0, "Reds"),
+                ("coherence", "coherence", 0.0, 1.0, "Greens"))
+CONTROL_PANELS = (("random_detection", "random: detection", 0.0, 1.0, "Greys"),
+                  ("negated_detection", "negated: detection", 0.0, 1.0, "Teal"))
+
+
+def _grid_figure(summary: pd.DataFrame, panels: Sequence[tuple[str, str, float, float, str]],
+                 concept: str | None, title: str, subtitle: str, height: int) -> go.Figure:
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[1] for p in panels],
+                        horizontal_spacing=0.08)
+    for col, (value, name, zmin, zmax, scale) in enumerate(panels, start=1):
+        grid = heatmap_grid(summary, value, concept)
+        if grid.empty or grid.isna().all().all():
+            axis = "" if col == 1 else str(col)
+            fig.add_annotation(text="not run", showarrow=False, xref=f"x{axis} domain",
+                               yref=f"y{axis} domain", x=0.5, y=0.5)
+            continue
+        fig.add_trace(_heatmap(grid, zmin, zmax, scale, name), row=1, col=col)
+    fig.update_xaxes(title_text="layer", type="category")
+    fig.update_yaxes(title_text="strength", type="category", col=1)
+    fig.update_yaxes(type="category")
+    fig.update_layout(title={"text": title, "subtitle": {"text": subtitle}},
+                      margin={"t": 110, "l": 70, "r": 20, "b": 50}, height=height)
+    return fig
+
+
+def sweep_heatmaps(summary: pd.DataFrame, concept: str | None = None) -> go.Figure:
+    """Net score (identification - false positives), identification and coherence over
+    layer x strength (cells show the value). `summary` is `core.introspection.sweep_summary`'s
+    table."""
+    return _grid_figure(summary, SWEEP_PANELS, concept, "Injected concept",
+                        f"{_concept_note(summary, concept)}; net = identification − false "
+                        "positives", 440)
+
+
+def false_positive_text(summary: pd.DataFrame) -> str:
+    """The shared no-injection control in words: 'false positives 0.00 [0.00, 0.49] (n 4)'."""
+    if summary.empty or not _is_offset(summary["false_positive"].iloc[0]):
+        return "no injection: not run"
+    row = summary.iloc[0]
+    return (f"no injection: false positives {float(row['false_positive']):.2f} "
+            f"[{float(row['false_positive_lo']):.2f}, {float(row['false_positive_hi']):.2f}] "
+            f"(n {int(row['n_none'])})")
+
+
+def control_heatmaps(summary: pd.DataFrame, concept: str | None = None) -> go.Figure:
+    """The controls of the same sweep: detection with a random vector of the same norm and with
+    the negated vector, over layer x strength; the no-injection false-positive rate (one rate
+    for the whole sweep) is the subtitle."""
+    return _grid_figure(summary, CONTROL_PANELS, concept, "Controls",
+                        false_positive_text(summary), 440)
+
+
+# ---------------------------------------------------------------------------- prefill
+
+
+def prefill_figure(summary: pd.DataFrame, strength: float | None = None) -> go.Figure:
+    """Apology rate per layer and condition as grouped bars with 95% Wilson intervals.
+    `summary` is `core.prefill.prefill_summary`'s table."""
+    fig = go.Figure()
+    for condition, name in PREFILL_TITLES.items():
+        rows = summary[summary["condition"] == condition].sort_values("layer")
+        if rows.empty:
+            continue
+        p = pd.to_numeric(rows["apology"], errors="coerce")
+        lo = pd.to_numeric(rows["apology_lo"], errors="coerce")
+        hi = pd.to_numeric(rows["apology_hi"], errors="coerce")
+        fig.add_trace(go.Bar(
+            x=[str(layer) for layer in rows["layer"]], y=p, name=name,
+            marker={"color": PREFILL_COLOURS[condition]},
+            error_y={"type": "data", "array": hi - p, "arrayminus": p - lo, "visible": True},
+            customdata=list(zip(rows["n"], lo, hi, strict=True)),
+            hovertemplate=(f"{name}<br>layer %{{x}}: %{{y:.2f}} [%{{customdata[1]:.2f}}, "
+                           "%{customdata[2]:.2f}], n %{customdata[0]}<extra></extra>")))
+    shown = f" (strength {strength:g})" if strength is not None else ""
+    fig.update_layout(
+        title=f"Prefill: how often the model disowns the prefilled word{shown}",
+        barmode="group", xaxis={"title": "layer of the injection", "type": "category"},
+        yaxis={"title": "apology rate (95% Wilson interval)", "range": [0, 1.05]},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0},
+        margin={"t": 90, "l": 60, "r": 20, "b": 50}, height=420)
+    return fig
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A stand-alone HTML page of the figure (plotly.js inlined, so it opens offline)."""
+    return str(fig.to_html(include_plotlyjs=True, full_html=True))

@@ -1,0 +1,267 @@
+"""What the Fine-tuning page keeps between reruns: fine-tuning files read once per content, token
+scans cached per model, file and settings, and comparison runs working in background threads.
+
+- `read_finetune_file` and `scan_part` are `st.cache_data`, keyed on the file's content hash
+  (never on an object) and the settings; a scan is cached in parts of PART_SIZE examples, so the
+  page reports progress between parts and an interrupted scan resumes where it stopped.
+- A comparison run takes minutes, so it works in a thread (`CompareJob`) that draws nothing: a
+  widget press reruns the page, which finds the same run on the process-wide `CompareBoard`
+  (`st.cache_resource`) by its key (model + both files' hashes + settings) and follows it on.
+  A finished run stays on the board under that key: the same request later is a cache hit.
+- Session state holds only small plain values (the requests, as dicts of strings and numbers).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.conflicts import TOKEN_COLUMNS, ConflictScan, scan_conflicts
+from core.entropy import NORMS
+from core.finetune import CompareConfig, finetune_compare
+from core.finetune_data import FinetuneExample, FinetuneLoad, read_finetune
+from core.models import LoadedModel
+from dashboard.state import SAMPLE_FOLDER, get_model
+
+Progress = Callable[[int, int], None]
+PART_SIZE = 4  # examples per cached scan part (and per forward batch)
+MAX_JOBS = 8  # comparison runs kept on the board
+TEXT_COLUMNS = ("target_text", "top_text")  # decoded token text the page adds to a scan
+
+
+def finetune_samples(folder: Path = SAMPLE_FOLDER) -> list[Path]:
+    """The fine-tuning files shipped with the project (`sample_traces/finetune*.jsonl`)."""
+    return sorted(folder.glob("finetune*.jsonl")) if folder.is_dir() else []
+
+
+def has_peft() -> bool:
+    """Whether LoRA is available (the peft package imports)."""
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def read_finetune_file(data: bytes, name: str) -> FinetuneLoad:
+    """`core.finetune_data.read_finetune` on a file's bytes: never raises on content; every bad
+    line is an issue naming the line and the field."""
+    return read_finetune(data, name=name)
+
+
+# ---------------------------------------------------------------------------- token scans
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """How the tokens are scanned (the CLI's `eaft-stats` defaults): top-K, the entropy's
+    normalisation, the longest example kept, and how many examples (None: all)."""
+
+    k: int = 20
+    norm: str = "lnk"
+    max_tokens: int = 1024
+    max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            raise ValueError(f"K must be at least 2 (the entropy of one logit is 0), got {self.k}.")
+        if self.norm not in NORMS:
+            raise ValueError(f"The normalisation must be one of {', '.join(NORMS)}, not "
+                             f"{self.norm!r}.")
+        if self.max_tokens < 2:
+            raise ValueError(f"The longest example must be at least 2 tokens, got "
+                             f"{self.max_tokens}.")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"Scan at least one example, got {self.max_examples}.")
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """What "Scan tokens" asked for: the model, the file (content hash) and the settings."""
+
+    model: tuple[str, str, str]
+    file_hash: str
+    settings: ScanSettings
+
+    def to_state(self) -> dict[str, Any]:
+        return {"model": list(self.model), "file_hash": self.file_hash,
+                "settings": asdict(self.settings)}
+
+    @classmethod
+    def from_state(cls, value: object) -> ScanRequest | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            spec, device, dtype = value["model"]
+            return cls((str(spec), str(device), str(dtype)), str(value["file_hash"]),
+                       ScanSettings(**value["settings"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def decoded_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token id as the text it stands for (not the vocabulary's byte-level spelling, e.g.
+    ' Paris', not 'ĠParis')."""
+    return [str(t) for t in tokenizer.batch_decode([[int(i)] for i in ids])]
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def scan_part(model: tuple[str, str, str], file_hash: str, settings: ScanSettings, start: int,
+              _examples: tuple[FinetuneExample, ...]) -> ConflictScan:
+    """`core.conflicts.scan_conflicts` on one part of a file (examples start .. start + len),
+    with the decoded text of each target and top token. `_examples` is not hashed: the other
+    arguments name it."""
+    loaded = get_model(*model)
+    scan = scan_conflicts(loaded, list(_examples), k=settings.k, norm=settings.norm,
+                          batch_size=PART_SIZE, max_tokens=settings.max_tokens)
+    tokens = scan.tokens.copy()
+    tokens["target_text"] = decoded_tokens(loaded.tokenizer, tokens["target_id"].tolist())
+    tokens["top_text"] = decoded_tokens(loaded.tokenizer, tokens["top_id"].tolist())
+    return ConflictScan(tokens=tokens, skipped=scan.skipped, k=scan.k, norm=scan.norm,
+                        n_examples=scan.n_examples)
+
+
+def scan_file(request: ScanRequest, examples: Sequence[FinetuneExample],
+              progress: Progress | None = None) -> ConflictScan:
+    """The scan of the first `max_examples` examples, part by part (each part cached on its own)
+    with `progress(examples done, total)` reported between parts, outside any cached call."""
+    settings = request.settings
+    chosen = list(examples)[: settings.max_examples] if settings.max_examples else list(examples)
+    parts = []
+    for start in range(0, len(chosen), PART_SIZE):
+        part = tuple(chosen[start : start + PART_SIZE])
+        parts.append(scan_part(request.model, request.file_hash, settings, start, part))
+        if progress:
+            progress(min(start + PART_SIZE, len(chosen)), len(chosen))
+    frames = [p.tokens for p in parts if not p.tokens.empty]
+    tokens = (pd.concat(frames, ignore_index=True) if frames
+              else pd.DataFrame(columns=[*TOKEN_COLUMNS, *TEXT_COLUMNS]))
+    return ConflictScan(tokens=tokens, skipped=tuple(m for p in parts for m in p.skipped),
+                        k=settings.k, norm=settings.norm,
+                        n_examples=sum(p.n_examples for p in parts))
+
+
+# ---------------------------------------------------------------------------- comparison runs
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """One comparison run: the model, the target and general files (content hashes) and the
+    `CompareConfig` fields the page sets. `key` names it on the board."""
+
+    model: tuple[str, str, str]
+    train_hash: str
+    general_hash: str
+    methods: tuple[str, ...]
+    steps: int
+    batch_size: int
+    lora: bool
+    max_eval: int
+    lr: float | None = None
+    max_tokens: int = 256
+    target_new_tokens: int = 48
+    general_new_tokens: int = 24
+    seed: int = 0
+
+    def config(self) -> CompareConfig:
+        """The core config (raises ValueError with a sentence for bad settings)."""
+        return CompareConfig(methods=self.methods, steps=self.steps, batch_size=self.batch_size,
+                             lr=self.lr, seed=self.seed, lora=self.lora,
+                             max_tokens=self.max_tokens, max_eval=self.max_eval,
+                             target_new_tokens=self.target_new_tokens,
+                             general_new_tokens=self.general_new_tokens)
+
+    @property
+    def key(self) -> str:
+        return repr(asdict(self))
+
+
+@dataclass
+class CompareJob:
+    """One comparison run in a background thread; the page reads `done`, `total`, `table` and
+    `error` at any time (each is replaced, never mutated)."""
+
+    request: CompareRequest
+    done: int = 0
+    total: int = 0
+    table: pd.DataFrame | None = None
+    error: str | None = None
+    finished: bool = False
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return not self.finished
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def run(self, loaded: LoadedModel, train: Sequence[FinetuneExample],
+            general: Sequence[FinetuneExample], config: CompareConfig) -> None:
+        """`core.finetune.finetune_compare`; a failure becomes one sentence in `error`."""
+        try:
+            self.table = finetune_compare(loaded, train, general, config, progress=self.progress)
+        except Exception as error:  # noqa: BLE001 - shown on the page as a sentence
+            first = (str(error).strip().splitlines() or [""])[0][:300]
+            self.error = f"The comparison failed: {type(error).__name__}: {first}"
+        finally:
+            self.finished = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends (tests); True if it did."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.finished
+
+
+class CompareBoard:
+    """The process's comparison runs by request key; finished runs beyond MAX_JOBS are dropped,
+    oldest first, and a failed run is replaced when the same request starts again."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, CompareJob] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: object) -> CompareJob | None:
+        with self._lock:
+            return self._jobs.get(key) if isinstance(key, str) else None
+
+    def start(self, request: CompareRequest, loaded: LoadedModel,
+              train: Sequence[FinetuneExample], general: Sequence[FinetuneExample],
+              runner: Callable[[CompareJob], None] | None = None) -> CompareJob:
+        """The run for `request`: the one on the board (running, or finished with a table), or a
+        new one started in a daemon thread. Raises ValueError at once for bad settings."""
+        config = request.config()
+        with self._lock:
+            job = self._jobs.get(request.key)
+            if job is not None and (job.running or job.error is None):
+                return job
+            job = CompareJob(request)
+            self._jobs[request.key] = job
+            finished = [k for k, j in self._jobs.items() if not j.running and k != request.key]
+            for old in finished[: max(0, len(self._jobs) - MAX_JOBS)]:
+                del self._jobs[old]
+        target = runner or (lambda j: j.run(loaded, list(train), list(general), config))
+        job._thread = threading.Thread(target=target, args=(job,), daemon=True,
+                                       name="telltale-finetune-compare")
+        job._thread.start()
+        return job
+
+
+@st.cache_resource(show_spinner=False)
+def compare_board() -> CompareBoard:
+    return CompareBoard()
+
+
+__all__ = [
+    "PART_SIZE", "CompareBoard", "CompareJob", "CompareRequest", "ScanRequest", "ScanSettings",
+    "compare_board", "decoded_tokens", "finetune_samples", "has_peft", "read_finetune_file",
+    "scan_file", "scan_part",
+]
