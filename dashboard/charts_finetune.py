@@ -136,8 +136,8 @@ def _plane_layout(fig: go.Figure, title: str, h_top: float) -> None:
                       showlegend=False)
     fig.update_xaxes(title=P_TITLE, range=[-0.02, 1.02], showgrid=False, zeroline=False,
                      linecolor="#ccc", mirror=True)
-    fig.update_yaxes(title=H_TITLE, range=[-0.02 * h_top, 1.02 * h_top], showgrid=False, zeroline=False,
-                     linecolor="#ccc", mirror=True)
+    fig.update_yaxes(title=H_TITLE, range=[-0.02 * h_top, 1.02 * h_top], showgrid=False,
+                     zeroline=False, linecolor="#ccc", mirror=True)
 
 
 def density_figure(p: np.ndarray, h: np.ndarray, cuts: CutsLike,

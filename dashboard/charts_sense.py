@@ -43,7 +43,7 @@ CONDITION_COLOURS: dict[str, str] = {
 }
 # Prefill conditions as `core.prefill.PREFILL_CONDITIONS` spells them.
 PREFILL_TITLES: dict[str, str] = {
-    "none": "no injection",
+    "none": "no injection (the same replies at every layer)",
     "matching": "the prefilled word's concept",
     "random": "another word's concept",
 }
@@ -95,14 +95,17 @@ def concept_span(reply: str, concept_at: int, concept: str) -> Span:
 
 def claim_span(reply: str, claim_at: int, stop: int | None = None) -> Span:
     """The claim at `claim_at`, to the end of its clause (the next , . ; : ! ? or line break),
-    to `stop` (where the concept is named) or to MAX_CLAIM_CHARS characters, whichever comes
-    first; trailing spaces are left out. The grader gives only where a claim starts, so this
-    is where the mark ends, not where the grader's pattern did."""
+    to `stop` (where the concept is named) or to the last whole word within MAX_CLAIM_CHARS
+    characters, whichever comes first; trailing spaces are left out. The grader gives only
+    where a claim starts, so this is where the mark ends, not where the grader's pattern did."""
     limit = min(len(reply), claim_at + MAX_CLAIM_CHARS)
     if stop is not None and claim_at < stop < limit:
         limit = stop
     found = CLAIM_END.search(reply, claim_at, limit)
     end = found.start() if found else limit
+    if not found and end < len(reply) and not reply[end].isspace():  # cut mid-word: back off
+        space = reply.rfind(" ", claim_at, end)
+        end = space if space > claim_at else end
     while end > claim_at and reply[end - 1].isspace():
         end -= 1
     if end == claim_at:  # a claim that is only punctuation ("Yes!" cut at "!"): one character
@@ -315,8 +318,9 @@ def _concept_note(summary: pd.DataFrame, concept: str | None) -> str:
 SWEEP_PANELS = (("net", "net score", -1.0, 1.0, "RdBu"),
                 ("identification", "identification", 0.0, 1.0, "Reds"),
                 ("coherence", "coherence", 0.0, 1.0, "Greens"))
-CONTROL_PANELS = (("random_detection", "random: detection", 0.0, 1.0, "Greys"),
-                  ("negated_detection", "negated: detection", 0.0, 1.0, "Teal"))
+CONTROL_PANELS = (("detection", "concept", 0.0, 1.0, "Oranges"),
+                  ("random_detection", "random vector", 0.0, 1.0, "Greys"),
+                  ("negated_detection", "negated vector", 0.0, 1.0, "Teal"))
 
 
 def _grid_figure(summary: pd.DataFrame, panels: Sequence[tuple[str, str, float, float, str]],
@@ -359,11 +363,11 @@ def false_positive_text(summary: pd.DataFrame) -> str:
 
 
 def control_heatmaps(summary: pd.DataFrame, concept: str | None = None) -> go.Figure:
-    """The controls of the same sweep: detection with a random vector of the same norm and with
-    the negated vector, over layer x strength; the no-injection false-positive rate (one rate
-    for the whole sweep) is the subtitle."""
-    return _grid_figure(summary, CONTROL_PANELS, concept, "Controls",
-                        false_positive_text(summary), 440)
+    """Detection claims over layer x strength with the concept injected, beside its controls:
+    a random vector of the same norm and the negated vector; the no-injection false-positive
+    rate (one rate for the whole sweep) is the subtitle."""
+    return _grid_figure(summary, CONTROL_PANELS, concept, "Detection: the concept against the "
+                        "controls", false_positive_text(summary), 440)
 
 
 # ---------------------------------------------------------------------------- prefill

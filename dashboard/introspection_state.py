@@ -129,7 +129,7 @@ class TrialRequest:
     @classmethod
     def from_state(cls, value: Any) -> TrialRequest | None:
         try:
-            return cls(tuple(value["model"]), concept_from(value["concept"]),  # type: ignore[arg-type]
+            return cls(tuple(value["model"]), concept_from(value["concept"]),
                        int(value["layer"]), InjectionSpec(**value["spec"]),
                        trial_config_from(value["config"]))
         except (KeyError, TypeError, ValueError):
@@ -165,7 +165,7 @@ class SweepRequest:
     @classmethod
     def from_state(cls, value: Any) -> SweepRequest | None:
         try:
-            return cls(tuple(value["model"]),  # type: ignore[arg-type]
+            return cls(tuple(value["model"]),
                        tuple(concept_from(c) for c in value["concepts"]),
                        tuple(int(x) for x in value["layers"]),
                        tuple(float(x) for x in value["strengths"]), str(value["scale"]),
@@ -197,7 +197,7 @@ class PrefillRequest:
     @classmethod
     def from_state(cls, value: Any) -> PrefillRequest | None:
         try:
-            return cls(tuple(value["model"]),  # type: ignore[arg-type]
+            return cls(tuple(value["model"]),
                        tuple(int(x) for x in value["layers"]), float(value["strength"]),
                        str(value["scale"]), trial_config_from(value["trials"]))
         except (KeyError, TypeError, ValueError):

@@ -412,13 +412,16 @@ def show_examples(marked: pd.DataFrame, thresholds: Thresholds,
     by_id = scores.set_index("example_id")
     ids = scores["example_id"].astype(str).tolist()
     with right:
-        chosen = st.selectbox("Example", ids, key=EXAMPLE_KEY, format_func=lambda i: (
-            f"{i} ({int(by_id.loc[i, 'n_conflicts'])} conflict(s) in "
-            f"{int(by_id.loc[i, 'n_tokens'])} tokens)"))
+        # plain ids: a label with the counts would go stale in the browser when the cuts change
+        chosen = st.selectbox("Example", ids, key=EXAMPLE_KEY,
+                              help="sorted by conflict score, as in the table")
         colour_by = str(st.radio("Colour tokens by", cf.COLOUR_MODES, key=COLOUR_KEY,
                                  horizontal=True, format_func=COLOUR_TITLES.get))
         if chosen is None or chosen not in by_id.index:
             return
+        row = by_id.loc[chosen]
+        st.caption(f"{int(row['n_conflicts'])} confident conflict(s) in "
+                   f"{int(row['n_tokens'])} response tokens; the prompt:")
         example = examples.get(str(chosen))
         if example is not None:
             st.text(prompt_lines(example))

@@ -54,6 +54,7 @@ SWEEP_STRENGTHS_KEY = "intro_sweep_strengths"
 SWEEP_POSITIONS_KEY = "intro_sweep_positions"
 SWEEP_SCALE_KEY = "intro_sweep_scale"
 SWEEP_SHOWN_KEY = "intro_sweep_shown"
+SWEEP_FOLLOWS_KEY = "intro_sweep_follows"  # the concept above that the sweep's list follows
 PREFILL_LAYERS_KEY = "intro_prefill_layers"
 PREFILL_STRENGTH_KEY = "intro_prefill_strength"
 PREFILL_SCALE_KEY = "intro_prefill_scale"
@@ -170,9 +171,10 @@ def choose_concept() -> istate.ConceptChoice | None:
                 return None
             chosen = istate.ConceptChoice.word(typed)
         else:
-            chosen = choose_pair()
-            if chosen is None:
+            pair = choose_pair()
+            if pair is None:
                 return None
+            chosen = pair
     except ValueError as error:
         st.warning(str(error))
         return None
@@ -326,7 +328,7 @@ def reply_card(column: Any, run: TrialRun, condition: str, trial: int) -> None:
         if rows.empty:
             st.caption("This control was not run.")
             return
-        st.html(charts_sense.trial_card_html(rows.iloc[0].to_dict()))
+        st.html(charts_sense.trial_card_html({str(k): v for k, v in rows.iloc[0].items()}))
 
 
 def show_trial(run: TrialRun, lens: pd.DataFrame | None, request: istate.TrialRequest) -> None:
@@ -440,14 +442,29 @@ def trial_tab(loaded: LoadedModel, model: istate.ModelKey,
 # ---------------------------------------------------------------------------- sweep
 
 
+def follow_concept(concept: istate.ConceptChoice | None, names: list[str]) -> None:
+    """Keep the concept chosen above among the sweep's concepts: when it changes, it replaces
+    the one it was (the user's other picks stay); names no longer offered are dropped."""
+    was = st.session_state.get(SWEEP_FOLLOWS_KEY)
+    now = concept.name if concept is not None else None
+    chosen = list(st.session_state.get(SWEEP_CONCEPTS_KEY, [DEFAULT_WORD]))
+    if now is not None and now != was:
+        chosen = [n for n in chosen if n != was]
+        if now not in chosen:
+            chosen.insert(0, now)
+        st.session_state[SWEEP_FOLLOWS_KEY] = now
+    st.session_state[SWEEP_CONCEPTS_KEY] = [n for n in chosen if n in names]
+
+
 def sweep_inputs(loaded: LoadedModel, model: istate.ModelKey,
                  concept: istate.ConceptChoice | None) -> istate.SweepRequest | None:
     names = list(ALL_TARGET_WORDS)
     if concept is not None and concept.name not in names:
         names.insert(0, concept.name)
-    default = [concept.name] if concept is not None else [DEFAULT_WORD]
-    chosen = st.multiselect("Concepts", names, default=default, key=SWEEP_CONCEPTS_KEY,
-                            help="The concept chosen above, and any of the target words.")
+    follow_concept(concept, names)
+    chosen = st.multiselect("Concepts", names, key=SWEEP_CONCEPTS_KEY,
+                            help="The concept chosen above (it follows that choice), and any of "
+                                 "the target words.")
     left, right = st.columns(2)
     layers = left.multiselect(
         "Layers", list(range(loaded.n_layers)),
@@ -496,7 +513,7 @@ def show_sweep(trials: pd.DataFrame, request: istate.SweepRequest) -> None:
         concept = None if shown == ALL_MEAN else str(shown)
     main = charts_sense.sweep_heatmaps(summary, concept)
     controls = charts_sense.control_heatmaps(summary, concept)
-    left, right = st.columns([3, 2])
+    left, right = st.columns(2)
     left.plotly_chart(main, key="intro_sweep_chart")
     with right:
         st.plotly_chart(controls, key="intro_sweep_controls_chart")
