@@ -318,6 +318,8 @@ def example_html(tokens: pd.DataFrame, colour_by: str = "p", weight_column: str 
     token. Token text is HTML-escaped."""
     if colour_by not in COLOUR_MODES:
         raise ValueError(f"colour_by must be one of {', '.join(COLOUR_MODES)}, not {colour_by!r}.")
+    if colour_by == "gate" and weight_column not in tokens.columns:
+        raise ValueError(f"Colouring by the gate needs a {weight_column!r} column.")
     spans = []
     for row in tokens.itertuples(index=False):
         quadrant = str(row.quadrant)

@@ -188,6 +188,8 @@ def test_example_html_colours_escapes_and_underlines_conflicts() -> None:
     assert "model&#x27;s top &#x27; Paris&#x27;" in page
     with pytest.raises(ValueError, match="colour_by"):
         cf.example_html(tokens, "loss")
+    with pytest.raises(ValueError, match="weight_eaft"):
+        cf.example_html(tokens.drop(columns=["weight_eaft"]), "gate")
     assert "no response token" in cf.example_html(tokens.iloc[:0], "p")
 
 

@@ -195,6 +195,9 @@ def test_scan_on_a_tiny_model_draws_the_plane_and_applies_the_cuts(tiny_model_di
     marked = next(d.value for d in at.dataframe if "model_top" in d.value.columns)
     assert sorted(marked["target"]) == ["w31", "w33", "w35"]  # the marked new facts
     assert any("Download weights" in b.label for b in at.get("download_button"))
+    at.radio(key=finetune.COLOUR_KEY).set_value("gate").run()  # EAFT's weight behind each token
+    shown = str(at.get("html")[0].value)
+    assert shown.count("EAFT weight") >= 4 and "nan" not in shown
     # the cut that cannot be (uncertain below low entropy) is a sentence, not an exception
     at.number_input(key="finetune_absolute_u").set_value(1.0).run()
     assert not at.exception
