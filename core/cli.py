@@ -1,13 +1,14 @@
 """The `telltale` command line: thin wrappers over `core`, one subcommand per task.
 
 Errors a user can fix (a model that will not load, a bad trace file, a wrong option) print one
-clear sentence to stderr and exit with status 2, never a traceback.
+clear sentence to stderr and exit with status 2, never a traceback (TELLTALE_DEBUG=1 shows it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -242,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (CliError, ModelLoadError, TraceFileError, ValueError, KeyError,
             FileNotFoundError) as err:
+        if os.environ.get("TELLTALE_DEBUG"):  # the full traceback, for a bug report
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"telltale {args.command}: {message}", file=sys.stderr)
         return EXIT_USAGE
