@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from core.cli import CliError
 from core.cli_sense import register
@@ -24,13 +22,7 @@ SWEEP_ROW_KEYS = {"layer", "strength", "concept", "detection", "identification",
                   "false_positive", "net", "coherence"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a busy shared CPU two threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ the rule grader on hand-written replies, Wilson rates, sweeps, prefill, logit le
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -60,14 +59,7 @@ BASELINE = ["w20", "w21", "w22"]
 FAST = TrialConfig(n_trials=2, max_new_tokens=3, batch_size=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a busy shared CPU two threads spin against each other and tiny
-    forwards get ~100x slower; restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @cache

@@ -7,12 +7,10 @@ pair. Session state holds only small plain values. e2e: one trial on the default
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from core.introspection import InjectionSpec, TrialConfig
@@ -27,14 +25,7 @@ CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
 TINY_LAYERS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a busy shared CPU two threads spin against each other; restored
-    after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
