@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from core.layers import KNOWN_LAYER_PATHS, decoder_layers
+from core.layers import KNOWN_LAYER_PATHS, n_layers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -233,7 +233,7 @@ def wrap_model(model: PreTrainedModel, tokenizer: Any, name: str = "custom",
     first_param = next(model.parameters())
     return LoadedModel(
         model=model, tokenizer=tokenizer, spec=spec or name, name=name,
-        n_layers=len(decoder_layers(model, layer_path)), hidden_size=int(hidden),
+        n_layers=n_layers(model, layer_path), hidden_size=int(hidden),
         n_params=sum(p.numel() for p in model.parameters()),
         dtype=str(first_param.dtype).replace("torch.", ""), device=str(first_param.device),
         load_seconds=load_seconds, layer_path=layer_path,
