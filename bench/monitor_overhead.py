@@ -62,7 +62,8 @@ def main() -> None:
                                  pad_token_id=tok.pad_token_id)
         plain_time += time.perf_counter() - start
         plain_tokens += out.shape[1] - ids["input_ids"].shape[1]
-        config = MonitorConfig(mode="watch", max_new_tokens=args.tokens, seed=seed)
+        config = MonitorConfig(mode="watch", max_new_tokens=args.tokens,
+                               min_new_tokens=args.tokens, seed=seed)
         start = time.perf_counter()
         result = run_monitor(loaded, bundle, question, config)
         monitored_time += time.perf_counter() - start

@@ -60,6 +60,10 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _fmt_ci(interval: list[float] | None) -> str:
+    return "n/a" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def _scored(args: argparse.Namespace) -> tuple[Any, list, list]:
     from core.evaluation import score_capture
     from core.probes import load_probe
@@ -77,18 +81,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     bundle, _, chains = _scored(args)
     threshold = args.threshold if args.threshold is not None else bundle.meta.threshold
-    report = evaluation_report(chains, threshold, bundle.meta.step_threshold, k=args.k)
+    report = evaluation_report(chains, threshold, bundle.meta.step_threshold, k=args.k,
+                               n_resamples=args.bootstrap)
     if args.json:
         print(json.dumps(report, default=float))
         return 0
+    counts = report["final_counts"]
     print(f"{report['n_chains']} chains, {report['n_steps']} steps, layer {bundle.meta.layer}, "
-          f"threshold {threshold:.3f}")
+          f"threshold {threshold:.3f}; final step: {counts['positive']} chains gone wrong, "
+          f"{counts['negative']} sound")
+    intervals = report.get("intervals")
     header = f"{'scores':<20}{'step AUROC':>12}{'step AUPRC':>12}{'prefix AUROC':>14}" \
              f"{'final AUROC':>13}"
-    print(header)
+    print(header + ("  (95% bootstrap intervals over chains)" if intervals else ""))
     for name, row in [("probes", report), *report["baselines"].items()]:
-        print(f"{name:<20}{_fmt(row['step_auroc']):>12}{_fmt(row['step_auprc']):>12}"
-              f"{_fmt(row['prefix_auroc']):>14}{_fmt(row['final_auroc']):>13}")
+        line = (f"{name:<20}{_fmt(row['step_auroc']):>12}{_fmt(row['step_auprc']):>12}"
+                f"{_fmt(row['prefix_auroc']):>14}{_fmt(row['final_auroc']):>13}")
+        if intervals:
+            ci = intervals["probe"] if name == "probes" else intervals["baselines"][name]
+            line += f"  step {_fmt_ci(ci['step_auroc'])}, final {_fmt_ci(ci['final_auroc'])}"
+        print(line)
     print("dynamic: " + ", ".join(f"{k} {_fmt(v)}" for k, v in report["dynamic"].items()))
     rec = report["recovery"]
     print(f"recovery (k={rec['k']}): {rec['n_correct']}/{rec['n_chains']} still correct")
@@ -107,6 +119,36 @@ def cmd_score(args: argparse.Namespace) -> int:
     n_alarm = sum(any(t.extra["telltale_scores"]["alarm"]) for t in out)
     print(f"Scored {len(out)} chains ({n_alarm} with an alarm) into {args.out}.",
           file=sys.stdout)
+    return 0
+
+
+def cmd_audit_sample(args: argparse.Namespace) -> int:
+    from core.label_audit import sample_audit, write_audit
+
+    traces = _read_traces(args.traces, args.segmenter, args.pattern, args.format)
+    items = sample_audit(traces, args.n, seed=args.seed)
+    write_audit(items, args.out)
+    print(f"Wrote {len(items)} steps to judge to {args.out}: set each line's human_label to 0 "
+          f"(fine) or 1 (false calculation or unsupported number), then run "
+          f"'telltale audit-score {args.out}'.")
+    return 0
+
+
+def cmd_audit_score(args: argparse.Namespace) -> int:
+    from core.label_audit import audit_agreement, read_audit
+
+    agreement = audit_agreement(read_audit(args.audit))
+    if args.json:
+        print(json.dumps(agreement.as_dict()))
+        return 0
+    kappa = "n/a" if agreement.kappa is None else f"{agreement.kappa:.2f}"
+    print(f"{agreement.n_agree}/{agreement.n_judged} agree ({agreement.rate:.1%}, 95% CI "
+          f"{agreement.ci_low:.1%}-{agreement.ci_high:.1%}), Cohen's kappa {kappa}; "
+          f"{agreement.n_unjudged} not judged yet.")
+    print("confusion: " + ", ".join(f"{k} {v}" for k, v in agreement.confusion.items()))
+    for item in agreement.disagreements:
+        print(f"- {item.id}: rule {item.rule_label}, human {item.human_label}: {item.step!r}"
+              + (f" ({item.note})" if item.note else ""))
     return 0
 
 
@@ -151,6 +193,21 @@ def register(sub: Any) -> None:
             p.add_argument("--json", action="store_true")
             p.add_argument("--k", type=int, default=5, help="run length for the recovery "
                            "statistic")
+            p.add_argument("--bootstrap", type=int, default=1000,
+                           help="resamples of whole chains for the AUROC intervals (0: none)")
         else:
             p.add_argument("--out", required=True, help="scored JSONL")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("audit-sample", help="draw random labelled steps for a hand check")
+    _trace_options(p)
+    p.add_argument("--format", default="auto", help="trace format (as for train)")
+    p.add_argument("--n", type=int, default=100, help="number of steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="audit JSONL to fill in (human_label 0/1)")
+    p.set_defaults(func=cmd_audit_sample)
+
+    p = sub.add_parser("audit-score", help="agreement of the labeller with a hand check")
+    p.add_argument("audit", help="audit JSONL with human_label filled in")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_score)

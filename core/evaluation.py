@@ -30,6 +30,7 @@ from core.metrics import (
     auroc,
     dynamic_metrics,
     f1_at,
+    grouped_bootstrap,
     recovery_statistic,
     residual_time,
     roc_curve_points,
@@ -162,13 +163,72 @@ def _ranking(chains: Sequence[ScoredChain], step_of: Any, prefix_of: Any) -> dic
     return out
 
 
+def ranking_intervals(chains: Sequence[ScoredChain], n_resamples: int = 1000,
+                      confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Bootstrap intervals (resampling whole chains) of step and final-prefix AUROC for the
+    probes and every baseline, and of the probes' lead over each baseline on the same resample
+    (an interval above 0 says the probe ranks better than that baseline on data like this).
+
+    Returns {"probe": {"step_auroc": [lo, hi], "final_auroc": ...}, "baselines": {name: ...},
+    "lead": {name: {"step_auroc": [lo, hi], "final_auroc": ...}}}; an interval the data cannot
+    support is None.
+    """
+    names = [n for n in BASELINE_NAMES if n in chains[0].baselines_prefix]
+    series: dict[str, tuple[Any, Any]] = {PROBE_NAME: (lambda c: c.step_scores,
+                                                       lambda c: c.prefix_scores)}
+    for name in names:
+        series[name] = (lambda c, n=name: c.baselines_step.get(n),
+                        lambda c, n=name: c.baselines_prefix[n])
+    sizes = np.array([c.n_steps for c in chains])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    step_labels = np.concatenate([c.step_labels for c in chains])
+    final_labels = np.array([c.prefix_labels[-1] for c in chains])
+    step_scores, final_scores = {}, {}
+    for name, (step_of, prefix_of) in series.items():
+        if all(step_of(c) is not None for c in chains):
+            step_scores[name] = np.concatenate([step_of(c) for c in chains])
+        final_scores[name] = np.array([prefix_of(c)[-1] for c in chains])
+
+    def statistic(picked: np.ndarray) -> dict[str, float | None]:
+        rows = np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in picked])
+        out: dict[str, float | None] = {}
+        for name, scores in step_scores.items():
+            out[f"{name}/step_auroc"] = auroc(*_known(step_labels[rows], scores[rows]))
+        for name, scores in final_scores.items():
+            out[f"{name}/final_auroc"] = auroc(*_known(final_labels[picked], scores[picked]))
+        for name in names:
+            for metric in ("step_auroc", "final_auroc"):
+                mine, theirs = out.get(f"{PROBE_NAME}/{metric}"), out.get(f"{name}/{metric}")
+                out[f"lead:{name}/{metric}"] = (None if mine is None or theirs is None
+                                                else mine - theirs)
+        return out
+
+    found = grouped_bootstrap(statistic, len(chains), n_resamples, confidence, seed)
+
+    def pair(key: str) -> list[float] | None:
+        interval = found.get(key)
+        return None if interval is None else [interval[0], interval[1]]
+
+    metrics = ("step_auroc", "final_auroc")
+    return {
+        "confidence": confidence, "n_resamples": n_resamples,
+        "probe": {m: pair(f"{PROBE_NAME}/{m}") for m in metrics},
+        "baselines": {n: {m: pair(f"{n}/{m}") for m in metrics} for n in names},
+        "lead": {n: {m: pair(f"lead:{n}/{m}") for m in metrics} for n in names},
+    }
+
+
 def _fully_labelled(chain: ScoredChain) -> bool:
     return not np.isnan(chain.prefix_labels).any()
 
 
 def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
-                      step_threshold: float | None = None, k: int = 5) -> dict[str, Any]:
-    """The `telltale evaluate --json` report. A key the data cannot support is None, never 0."""
+                      step_threshold: float | None = None, k: int = 5,
+                      n_resamples: int = 0) -> dict[str, Any]:
+    """The `telltale evaluate --json` report. A key the data cannot support is None, never 0.
+
+    With `n_resamples` > 0 it adds "intervals" (`ranking_intervals`) and the final step's class
+    counts ("final_counts"), which say how much the final-prefix AUROC can be trusted."""
     if not chains:
         raise ValueError("No chain to evaluate.")
     report: dict[str, Any] = {"n_chains": len(chains),
@@ -180,6 +240,11 @@ def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
         y, s = _known(np.concatenate([c.step_labels for c in chains]),
                       np.concatenate([c.step_scores for c in chains]))
         report["step_f1"] = f1_at(y, s, step_threshold) if len(y) else None
+    finals = [c.prefix_labels[-1] for c in chains if not np.isnan(c.prefix_labels[-1])]
+    report["final_counts"] = {"positive": int(sum(finals)),
+                              "negative": int(len(finals) - sum(finals))}
+    if n_resamples > 0:
+        report["intervals"] = ranking_intervals(chains, n_resamples)
     report["baselines"] = {}
     for name in BASELINE_NAMES:
         if name in chains[0].baselines_prefix:

@@ -15,7 +15,7 @@ Definitions follow METHODS.md section 1 (dynamic metrics, residual time, recover
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -568,3 +568,35 @@ def recovery_statistic(
         return RecoveryStat(k, 0, 0, None, None, None)
     low, high = wilson_interval(n_correct, n_chains, confidence)
     return RecoveryStat(k, n_chains, n_correct, n_correct / n_chains, low, high)
+
+
+# ---------------------------------------------------------------------------------------------
+# [ext] Confidence intervals for ranking metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def grouped_bootstrap(
+    statistic: Callable[[np.ndarray], dict[str, float | None]], n_groups: int,
+    n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+) -> dict[str, tuple[float, float] | None]:
+    """Percentile intervals of named statistics over a bootstrap that resamples whole groups.
+
+    Steps of one chain are not independent, so the unit resampled is the chain: each resample
+    draws `n_groups` group indices with replacement and calls `statistic(indices)`. A statistic
+    that is None on a resample (e.g. AUROC with one class drawn) is left out of that resample;
+    its interval is None when it is defined on fewer than half the resamples.
+    """
+    if n_groups < 1 or n_resamples < 1:
+        raise ValueError("Need at least one group and one resample.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}.")
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_resamples):
+        for name, value in statistic(rng.integers(0, n_groups, n_groups)).items():
+            values = draws.setdefault(name, [])
+            if value is not None:
+                values.append(value)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail)))
+            if len(v) >= n_resamples / 2 else None for name, v in draws.items()}

@@ -57,6 +57,7 @@ class MonitorConfig:
     mode: str = "watch"
     threshold: float | None = None
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # EOS is blocked until this many tokens are written
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
@@ -71,6 +72,8 @@ class MonitorConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}.")
         if self.max_new_tokens < 1 or self.retries < 0 or self.max_backtracks < 0:
             raise ValueError("max_new_tokens >= 1, retries >= 0 and max_backtracks >= 0.")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("min_new_tokens must lie in [0, max_new_tokens].")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1].")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -175,6 +178,8 @@ class _Decoder:
 
     def steps(self) -> tuple[list[CharSpan], list[tuple[int, int]]]:
         """Char spans and token spans of the steps so far."""
+        if not self.ids:  # the reply ended before its first token
+            return [], []
         spans = split_steps(self.text, self.segmenter)
         starts = [0, *self.ends[:-1]]
         offsets = list(zip(starts, self.ends, strict=True))
@@ -260,6 +265,9 @@ def monitor_events(loaded: LoadedModel, bundle: ProbeBundle, question: str,
                     blank = blank_token_mask(tokenizer, logits.shape[-1])
                 logits = logits.masked_fill(blank.to(logits.device), float("-inf"))
                 step_start_blocked = False
+            if len(decoder.ids) < config.min_new_tokens:
+                logits = logits.clone()
+                logits[list(eos)] = float("-inf")
             token = sample_token(logits, temperature, config.top_p, generator)
             ended = token in eos or len(decoder.ids) + 1 >= config.max_new_tokens
             if token not in eos:

@@ -147,9 +147,21 @@ def calibrate(bundle: ProbeBundle, capture: CaptureSet, val_ids: Sequence[str],
     return replace(bundle, meta=meta)
 
 
+MIN_FINAL_CLASS = 10  # chains of each class the final-prefix AUROC needs to rank layers
+
+
 def _score_for_choice(report: dict[str, Any]) -> float:
-    """How a layer is ranked on validation: mean of step AUROC and final-prefix AUROC."""
-    values = [v for v in (report.get("step_auroc"), report.get("final_auroc")) if v is not None]
+    """How a layer is ranked on validation: mean of step AUROC and a prefix AUROC.
+
+    The prefix part is the final-prefix AUROC when the validation chains hold at least
+    `MIN_FINAL_CLASS` of each final label; with fewer (e.g. 2 sound chains among 240) that
+    AUROC moves in steps of 1/(n_pos n_neg) on a handful of chains and would pick the layer by
+    chance, so the prefix AUROC over every step stands in for it.
+    """
+    counts = report.get("final_counts") or {}
+    enough = min(counts.get("positive", 0), counts.get("negative", 0)) >= MIN_FINAL_CLASS
+    prefix = report.get("final_auroc") if enough else report.get("prefix_auroc")
+    values = [v for v in (report.get("step_auroc"), prefix) if v is not None]
     return float(np.mean(values)) if values else float("-inf")
 
 

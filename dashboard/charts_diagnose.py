@@ -63,6 +63,9 @@ METRIC_TITLES: dict[str, str] = {
     "prefix_auroc": "prefix AUROC (every step)", "final_auroc": "final AUROC (whole chain)",
     "step_f1": "step F1 (at the step threshold)",
 }
+INTERVAL_TITLES: dict[str, str] = {
+    "step_auroc_ci": "step AUROC 95% interval", "final_auroc_ci": "final AUROC 95% interval",
+}
 DYNAMIC_MEANING: dict[str, str] = {
     "Snap_M": "rise of the prefix score at the first hallucinated step",
     "Lag": "steps from the first hallucinated step to the first alarm",
@@ -225,13 +228,24 @@ def token_heatmap_html(tokens: Sequence[Any], focus_step: int,
 def metrics_table(report: Mapping[str, Any]) -> pd.DataFrame:
     """One row per scorer of an `evaluation_report`: the probes first, then each baseline;
     columns scores, step_auroc, step_auprc, prefix_auroc, final_auroc, step_f1 (None where the
-    data cannot support a value, or where a baseline has no calibrated threshold)."""
+    data cannot support a value, or where a baseline has no calibrated threshold), and, when the
+    report has bootstrap intervals, step_auroc_ci and final_auroc_ci as "low-high" text."""
+    intervals = report.get("intervals")
     rows = [{"scores": SCORER_TITLES["probe"], **{k: report.get(k) for k in RANKING_KEYS},
              "step_f1": report.get("step_f1")}]
-    for name, values in report.get("baselines", {}).items():
+    names = list(report.get("baselines", {}))
+    for name in names:
         rows.append({"scores": SCORER_TITLES.get(name, name),
-                     **{k: values.get(k) for k in RANKING_KEYS}, "step_f1": None})
-    return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+                     **{k: report["baselines"][name].get(k) for k in RANKING_KEYS},
+                     "step_f1": None})
+    if not intervals:
+        return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    sources = [intervals["probe"], *(intervals["baselines"].get(n, {}) for n in names)]
+    for row, source in zip(rows, sources, strict=True):
+        for key in INTERVAL_TITLES:
+            pair = source.get(key.removesuffix("_ci"))
+            row[key] = None if pair is None else f"{pair[0]:.3f}-{pair[1]:.3f}"
+    return pd.DataFrame(rows, columns=[*METRIC_COLUMNS, *INTERVAL_TITLES])
 
 
 def dynamic_table(report: Mapping[str, Any]) -> pd.DataFrame:

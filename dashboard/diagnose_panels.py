@@ -221,7 +221,12 @@ def show_corpus(scored: ScoredFile, stem: str) -> None:
     st.dataframe(table, hide_index=True, column_config={
         "scores": st.column_config.TextColumn("scores", width="medium"),
         **{key: st.column_config.NumberColumn(title, format=SCORE_FORMAT)
-           for key, title in cd.METRIC_TITLES.items()}})
+           for key, title in cd.METRIC_TITLES.items()},
+        **{key: st.column_config.TextColumn(title) for key, title in cd.INTERVAL_TITLES.items()}})
+    counts = report["final_counts"]
+    st.caption(f"Intervals: {dstate.BOOTSTRAP_RESAMPLES} bootstrap resamples of whole chains. "
+               f"The final AUROC rests on {counts['positive']} chains that went wrong and "
+               f"{counts['negative']} sound ones.")
     with st.expander("Dynamic metrics (how the prefix alarm moves along a chain)"):
         st.dataframe(cd.dynamic_table(report), hide_index=True, column_config={
             "value": st.column_config.NumberColumn("value", format=SCORE_FORMAT),

@@ -46,6 +46,7 @@ TRAIN_REQUEST_KEY = "probe_train_request"  # session state: a training waiting f
 TRAINED_KEY = "probe_trained"  # session state: {"hash", "name"} of the probe trained here
 BLOCK_CHAINS = 8  # chains per cached scoring block (progress is reported between blocks)
 STORE_SIZE = 16  # probes trained here kept per process
+BOOTSTRAP_RESAMPLES = 200  # AUROC intervals on the corpus view (resampling whole chains)
 
 Progress = Callable[[int, int], None]
 Reading = tuple[str, str, str | None]  # (format, step-splitting mode, pattern)
@@ -306,7 +307,8 @@ def step_table(score_key: str, _chains: Sequence[ScoredChain], _traces: Sequence
 def file_report(score_key: str, k: int, _chains: Sequence[ScoredChain], threshold: float,
                 step_threshold: float | None) -> dict[str, Any]:
     """`core.evaluation.evaluation_report` of a scored file (JSON-ready: plain floats)."""
-    report = evaluation_report(_chains, threshold, step_threshold, k=k)
+    report = evaluation_report(_chains, threshold, step_threshold, k=k,
+                               n_resamples=BOOTSTRAP_RESAMPLES)
     return dict(json.loads(json.dumps(report, default=_plain)))
 
 

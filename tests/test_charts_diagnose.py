@@ -170,6 +170,11 @@ def test_metrics_table_puts_probes_beside_baselines() -> None:
     assert table["step_auroc"].tolist() == [0.9, 0.6]
     assert table["final_auroc"].isna().all()  # unsupported stays empty, never 0
     assert math.isnan(table["step_f1"][1])
+    with_ci = metrics_table({**report(), "intervals": {
+        "probe": {"step_auroc": [0.85, 0.95], "final_auroc": None},
+        "baselines": {"mean_nll": {"step_auroc": [0.5, 0.7], "final_auroc": None}}}})
+    assert with_ci["step_auroc_ci"].tolist() == ["0.850-0.950", "0.500-0.700"]
+    assert with_ci["final_auroc_ci"].isna().all()
 
 
 def test_dynamic_table_explains_each_metric() -> None:

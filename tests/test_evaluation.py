@@ -17,6 +17,7 @@ from core.evaluation import (
     ScoredChain,
     evaluation_report,
     ranking_inputs,
+    ranking_intervals,
     roc_curves,
     scored_traces,
     step_phases,
@@ -64,6 +65,25 @@ def two_chains() -> list[ScoredChain]:
               entropy=[1.0, 2.0, 3.0]),
         chain("b", [0.4, 0.2], [0.1, 0.3], [0, 0], [0, 0], True, entropy=[0.5, 0.1]),
     ]
+
+
+def test_intervals_bracket_a_perfect_probe_and_its_lead() -> None:
+    rng = np.random.default_rng(0)
+    chains = []
+    for i in range(30):  # the probe ranks perfectly, entropy is noise
+        labels = [0, int(i % 2), 1]
+        chains.append(chain(f"c{i}", [0.1 + 0.8 * lab for lab in labels],
+                            [0.2, 0.3, 0.9 if i % 3 else 0.05], labels,
+                            [0, 0, 1 if i % 3 else 0], None, entropy=list(rng.random(3))))
+    found = ranking_intervals(chains, n_resamples=200)
+    assert found["probe"] == {"step_auroc": [1.0, 1.0], "final_auroc": [1.0, 1.0]}
+    low, high = found["baselines"]["mean_entropy"]["step_auroc"]
+    assert low < 0.5 < high  # noise straddles chance
+    lead = found["lead"]["mean_entropy"]
+    assert lead["step_auroc"][0] > 0 and lead["final_auroc"][0] > 0
+    report = evaluation_report(chains, n_resamples=50)
+    assert report["final_counts"] == {"positive": 20, "negative": 10}
+    assert "intervals" in report and "intervals" not in evaluation_report(chains)
 
 
 def test_ranking_inputs_keep_known_labels_per_level() -> None:

@@ -14,6 +14,7 @@ from core.metrics import (
     calibrate_threshold,
     dynamic_metrics,
     f1_at,
+    grouped_bootstrap,
     recovery_statistic,
     residual_time,
     roc_curve_points,
@@ -366,3 +367,23 @@ def test_recovery_statistic_hand_set() -> None:
     stat7 = recovery_statistic(chains, k=7)
     assert stat7.n_chains == 0
     assert stat7.share_correct is None and stat7.ci_low is None and stat7.ci_high is None
+
+
+def test_grouped_bootstrap_resamples_whole_groups() -> None:
+    groups = [np.array([1.0, 1.0, 1.0]), np.array([3.0])]  # step means differ by grouping
+    seen: list[np.ndarray] = []
+
+    def statistic(picked: np.ndarray) -> dict[str, float | None]:
+        seen.append(picked)
+        values = np.concatenate([groups[i] for i in picked])
+        return {"mean": float(values.mean()), "never": None}
+
+    found = grouped_bootstrap(statistic, n_groups=2, n_resamples=400, seed=1)
+    assert all(len(p) == 2 and set(p) <= {0, 1} for p in seen) and len(seen) == 400
+    # possible resample means: 1 (two of group 0), 1.5 (one each), 3 (two of group 1)
+    assert found["mean"] == (1.0, 3.0)
+    assert found["never"] is None
+    constant = grouped_bootstrap(lambda p: {"c": 0.25}, n_groups=5, n_resamples=10)
+    assert constant["c"] == (0.25, 0.25)
+    with pytest.raises(ValueError, match="confidence"):
+        grouped_bootstrap(lambda p: {}, 3, confidence=1.0)

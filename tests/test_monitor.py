@@ -123,6 +123,26 @@ def test_stop_mode_is_a_kill_switch(loaded) -> None:
     assert not watch.stopped_by_alarm and watch.alarms == 0
 
 
+def test_min_new_tokens_holds_back_eos(loaded) -> None:
+    def eos_first(_module, _inputs, logits):  # EOS (id 1) is by far the likeliest token
+        logits = logits.clone()
+        logits[..., 1] = 50.0
+        return logits
+
+    handle = loaded.model.lm_head.register_forward_hook(eos_first)
+    try:
+        early = run_monitor(loaded, bundle(bias=-50.0), QUESTION,
+                            MonitorConfig(max_new_tokens=30, seed=1))
+        held = run_monitor(loaded, bundle(bias=-50.0), QUESTION,
+                           MonitorConfig(max_new_tokens=30, min_new_tokens=12, seed=1))
+    finally:
+        handle.remove()
+    assert early.tokens_generated == 0
+    assert held.tokens_generated == 12  # EOS comes the moment it is allowed
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        MonitorConfig(max_new_tokens=5, min_new_tokens=6)
+
+
 def test_hooks_removed_when_the_caller_stops_with_an_error(loaded) -> None:
     from core.monitor import monitor_events
 

@@ -156,6 +156,17 @@ def test_sweep_picks_the_layer_with_the_signal_and_beats_noise() -> None:
                                       "R_Score", "FP_Len"}
 
 
+def test_layer_choice_ignores_a_final_auroc_resting_on_a_few_chains() -> None:
+    from core.probe_training import MIN_FINAL_CLASS, _score_for_choice
+
+    report = {"step_auroc": 0.8, "prefix_auroc": 0.9, "final_auroc": 0.5}
+    few = {**report, "final_counts": {"positive": 200, "negative": 2}}
+    enough = {**report, "final_counts": {"positive": 50, "negative": MIN_FINAL_CLASS}}
+    assert _score_for_choice(few) == pytest.approx(0.85)  # step and every-step prefix
+    assert _score_for_choice(enough) == pytest.approx(0.65)  # step and final
+    assert _score_for_choice({"step_auroc": None, "prefix_auroc": None}) == float("-inf")
+
+
 def test_report_without_step_labels_gives_null_not_zero() -> None:
     capture = _capture(90)
     index = capture.index.copy()
