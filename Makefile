@@ -12,7 +12,7 @@ PORT ?= 8501
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install run test lint unit browser-deps sample-traces bench clean
+.PHONY: install run test lint unit browser-deps sample-traces default-probe bench clean
 
 install: $(STAMP)
 
@@ -54,13 +54,25 @@ test: install browser-deps lint
 sample-traces: install
 	$(VENV)/bin/telltale make-traces --out sample_traces/arith_small.jsonl --problems 40 \
 	  --samples 2 --seed 0
+	$(VENV)/bin/telltale make-traces --out sample_traces/arith.jsonl --problems 500 --samples 3 \
+	  --seed 1 --max-new-tokens 96 --batch-size 30 --min-ops 2 --max-ops 4 --max-number 9 \
+	  --test-share 0.2
 	$(VENV)/bin/telltale make-finetune-data --out-dir sample_traces
+
+# the shipped probe: trained on the train split (layer chosen on validation chains), then
+# measured once on the test split
+default-probe: install
+	$(VENV)/bin/telltale train --model default --traces sample_traces/arith_train.jsonl \
+	  --out sample_traces/probes/default --sweep
+	$(VENV)/bin/telltale evaluate --model default --probe sample_traces/probes/default \
+	  --traces sample_traces/arith_test.jsonl
 
 bench: install
 	$(PY) bench/capture_overhead.py
 	$(PY) bench/probe_training.py
 	$(PY) bench/eaft_overhead.py
 	$(PY) bench/sweep_throughput.py
+	$(PY) bench/monitor_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,8 +2,10 @@
 
 By default the features are synthetic (Gaussian, hidden size 576, chains of 4-12 steps with a
 planted hallucination direction), so the figure measures the training code, not a capture; pass
---capture DIR (a `telltale capture` folder) to time real captured features instead. Prints the
-time to fit the step probe, the prefix tracker (20 epochs), and scoring throughput, last.
+--capture DIR (a `telltale capture` or `telltale train --capture` folder) to time real
+captured features instead: its chains are taken in order and repeated until --steps are
+reached (a folder with more steps is cut there). Prints the time to fit the step probe, the
+prefix tracker (20 epochs), and scoring throughput, last.
 
     python bench/probe_training.py [--steps 20000] [--capture DIR --layer L]
 """
@@ -46,6 +48,17 @@ def from_capture(folder: str, layer: int) -> list[tuple[np.ndarray, np.ndarray]]
     return [(feats[rows], labels[rows]) for rows in chain_groups(cap.index).values()]
 
 
+def repeat_to(chains: list[tuple[np.ndarray, np.ndarray]], n_steps: int
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The chains in order, cycled, until they hold at least `n_steps` steps."""
+    out, total = [], 0
+    while total < n_steps:
+        chain = chains[len(out) % len(chains)]
+        out.append(chain)
+        total += len(chain[1])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20_000)
@@ -53,7 +66,7 @@ def main() -> None:
     parser.add_argument("--capture", default=None)
     parser.add_argument("--layer", type=int, default=15)
     args = parser.parse_args()
-    chains = (from_capture(args.capture, args.layer) if args.capture
+    chains = (repeat_to(from_capture(args.capture, args.layer), args.steps) if args.capture
               else synthetic(args.steps, args.hidden))
     x = np.concatenate([c[0] for c in chains])
     y = np.concatenate([c[1] for c in chains])

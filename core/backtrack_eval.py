@@ -1,8 +1,8 @@
 """Does latent backtracking help? Held-out arithmetic problems answered three ways with the same
-seeds: plain sampling, probe-driven backtracking, and the control that resamples as many
-randomly chosen steps as backtracking resampled on the same problem (so a gain over the control
-is the probe's, not resampling's). Accuracy with Wilson intervals, tokens spent with normal
-intervals."""
+seeds: plain sampling, probe-driven backtracking, and the control that makes as many
+resamples, of randomly chosen steps, as backtracking made on the same problem (so a gain over
+the control is the probe's, not resampling's). Accuracy with Wilson intervals, tokens spent
+with normal intervals."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def _mean_ci(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def control_slots(n_steps: int, n_resamples: int, retries: int, seed: int) -> tuple[int, ...]:
+    """The control's resamples: `n_resamples` draws, without replacement, from the slots
+    (step, retry) with at most `retries` per step, as step indices (a step listed twice is
+    resampled twice). Fewer only when backtracking resampled more than n_steps * retries."""
+    slots = [step for step in range(n_steps) for _ in range(retries)]
+    return tuple(sorted(random.Random(seed).sample(slots, min(n_resamples, len(slots)))))
+
+
 def backtrack_eval(loaded: LoadedModel, bundle: ProbeBundle, config: BacktrackEvalConfig,
                    progress: Callable[[int, int], None] | None = None
                    ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -61,11 +69,10 @@ def backtrack_eval(loaded: LoadedModel, bundle: ProbeBundle, config: BacktrackEv
                                                               seed=seed))
         backtracked = run_monitor(loaded, bundle, question,
                                   replace(config.monitor, mode="backtrack", seed=seed))
-        n_resampled = len(backtracked.discarded)
-        chosen = random.Random(seed).sample(range(len(plain.steps)),
-                                            min(n_resampled, len(plain.steps)))
+        chosen = control_slots(len(plain.steps), len(backtracked.discarded),
+                               config.monitor.retries, seed)
         control = run_monitor(loaded, bundle, question, replace(
-            config.monitor, mode="random", seed=seed, resample_steps=tuple(sorted(chosen))))
+            config.monitor, mode="random", seed=seed, resample_steps=chosen))
         for arm, result in zip(ARMS, (plain, backtracked, control), strict=True):
             rows.append({
                 "problem_id": problem.problem_id, "arm": arm,

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from typing import Any
 
 from core.cli import _load, _model_options, progress_bar
 
 
-def _monitor_config(args: argparse.Namespace) -> Any:
+def _monitor_config(args: argparse.Namespace, mode: str | None = None) -> Any:
+    """The sampling settings of `monitor` / `backtrack-eval`; `mode` overrides --mode."""
     from core.monitor import MonitorConfig
 
-    return MonitorConfig(mode=args.mode, threshold=args.threshold,
+    return MonitorConfig(mode=mode or args.mode, threshold=args.threshold,
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_p=args.top_p, seed=args.seed, retries=args.retries,
                          max_backtracks=args.max_backtracks,
@@ -60,7 +60,7 @@ def cmd_backtrack_eval(args: argparse.Namespace) -> int:
     bundle = load_probe(args.probe)
     loaded = _load(args)
     config = BacktrackEvalConfig(n_problems=args.problems, problem_seed=args.problem_seed,
-                                 monitor=replace(_monitor_config(args), mode="watch"))
+                                 monitor=_monitor_config(args, mode="watch"))
     with progress_bar("backtrack-eval", unit="problem") as update:
         table, summary = backtrack_eval(loaded, bundle, config, progress=update)
     if args.out:

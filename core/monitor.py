@@ -10,9 +10,9 @@ streamed scores equal the teacher-forced ones.
 Modes:
 - "watch": flag alarms only;
 - "stop": end generation at the first alarm (the kill switch);
-- "random": the control for backtracking: resample the steps listed in `resample_steps` once
-  each, whatever the probes say, so a gain of "backtrack" over it is the probe's, not
-  resampling's;
+- "random": the control for backtracking: resample each step listed in `resample_steps` as
+  many times as it is listed, whatever the probes say (the last attempt is kept), so a gain of
+  "backtrack" over it is the probe's, not resampling's;
 - "backtrack": on an alarm, crop the KV cache back to the step's start (the prefix is never
   re-encoded), resample the step (its first token drawn among tokens that are not blank, as the
   first token of the alarming step was: a blank one would extend the step before) with the
@@ -65,7 +65,7 @@ class MonitorConfig:
     max_backtracks: int = 8  # per chain
     retry_temperature_step: float = 0.0  # added to the temperature on each retry
     segmenter: Segmenter = DEFAULT_SEGMENTER
-    resample_steps: tuple[int, ...] = ()  # mode "random": step indices resampled once each
+    resample_steps: tuple[int, ...] = ()  # mode "random": a step index listed n times: n retries
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -285,7 +285,7 @@ def monitor_events(loaded: LoadedModel, bundle: ProbeBundle, question: str,
                 text = decoder.text[char_spans[step].start : char_spans[step].end]
                 record = score(spans, step, text)
                 if config.mode == "random":
-                    retry = step in config.resample_steps and attempt == 0
+                    retry = attempt < config.resample_steps.count(step)
                 else:
                     retry = (config.mode == "backtrack" and record.alarm
                              and attempt < config.retries and backtracks < config.max_backtracks)

@@ -147,7 +147,8 @@ def content_hash(data: bytes) -> str:
 
 def sample_files(folder: Path = SAMPLE_FOLDER) -> list[Path]:
     """The trace files shipped with the project (`sample_traces/*.jsonl`), sorted by name;
-    fine-tuning samples (`finetune_*`) and reply journals of unfinished runs are left out."""
+    fine-tuning samples (`finetune_*`) and reply journals of unfinished runs are left out, as
+    are subfolders (probes, label audits)."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("*.jsonl")

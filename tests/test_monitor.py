@@ -191,6 +191,24 @@ def test_backtrack_eval_runs_three_paired_arms(loaded) -> None:
         assert 0 <= lo <= row["accuracy"] <= hi <= 1
 
 
+def test_control_slots_match_the_backtracks_up_to_the_retry_cap() -> None:
+    from core.backtrack_eval import control_slots
+
+    slots = control_slots(n_steps=4, n_resamples=7, retries=3, seed=0)
+    assert len(slots) == 7 and list(slots) == sorted(slots)
+    assert all(0 <= s < 4 and slots.count(s) <= 3 for s in slots)
+    assert len(control_slots(2, 9, 3, 0)) == 6  # no more than 2 steps x 3 retries
+    assert control_slots(4, 7, 3, 5) == control_slots(4, 7, 3, 5)
+
+
+def test_random_mode_resamples_a_listed_step_as_often_as_listed(loaded) -> None:
+    config = MonitorConfig(mode="random", max_new_tokens=60, seed=4, temperature=1.0,
+                           resample_steps=(0, 0, 1))
+    result = run_monitor(loaded, bundle(bias=-50.0), QUESTION, config)
+    assert sorted(s.index for s in result.discarded) == [0, 0, 1]
+    assert [s.attempt for s in result.discarded if s.index == 0] == [0, 1]
+
+
 def test_monitor_command_prints_steps_and_json(loaded, tmp_path, monkeypatch, capsys) -> None:
     import json
 
@@ -208,3 +226,24 @@ def test_monitor_command_prints_steps_and_json(loaded, tmp_path, monkeypatch, ca
                      "--max-new-tokens", "40", "--mode", "backtrack", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"text", "steps", "discarded", "tokens_generated", "alarms"} <= set(result)
+
+
+def test_backtrack_eval_command_writes_the_table_and_json(loaded, tmp_path, monkeypatch,
+                                                          capsys) -> None:
+    import json
+
+    import pandas as pd
+
+    from core import cli
+    from core.probes import save_probe
+
+    save_probe(tmp_path / "p", bundle())
+    monkeypatch.setattr("core.cli_live._load", lambda args: loaded)
+    assert cli.main(["backtrack-eval", "--probe", str(tmp_path / "p"), "--problems", "2",
+                     "--max-new-tokens", "30", "--threshold", "0.3", "--out",
+                     str(tmp_path / "rows.csv"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_problems"] == 2 and set(summary["arms"]) == {"plain", "backtrack",
+                                                                   "random"}
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert len(rows) == 6 and set(rows["arm"]) == {"plain", "backtrack", "random"}
