@@ -220,9 +220,10 @@ def show_corpus(scored: ScoredFile, stem: str) -> None:
     table = cd.metrics_table(report)
     st.dataframe(table, hide_index=True, column_config={
         "scores": st.column_config.TextColumn("scores", width="medium"),
-        **{key: st.column_config.NumberColumn(title, format=SCORE_FORMAT)
+        **{key: st.column_config.NumberColumn(title, format=SCORE_FORMAT, width="small")
            for key, title in cd.METRIC_TITLES.items()},
-        **{key: st.column_config.TextColumn(title) for key, title in cd.INTERVAL_TITLES.items()}})
+        **{key: st.column_config.TextColumn(title, width="medium")
+           for key, title in cd.INTERVAL_TITLES.items()}})
     counts = report["final_counts"]
     st.caption(f"Intervals: {dstate.BOOTSTRAP_RESAMPLES} bootstrap resamples of whole chains. "
                f"The final AUROC rests on {counts['positive']} chains that went wrong and "

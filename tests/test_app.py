@@ -294,16 +294,23 @@ def step_headers(at: AppTest) -> list[str]:
     return [m for m in texts(at.markdown) if m.startswith("**Step ")]
 
 
-def test_without_shipped_probes_the_page_offers_upload_and_train() -> None:
+def test_without_shipped_probes_the_page_offers_upload_and_train(monkeypatch) -> None:
+    monkeypatch.setattr(dstate, "shipped_probes", lambda folder=None: [])
     at = upload(start(), "mixed.jsonl", MIXED_FILE)
     assert not at.exception
-    options = at.radio(key="probe_source").options
-    if dstate.shipped_probes():
-        assert options[0] == "shipped with Telltale"
-    else:
-        assert options == ["upload a probe", "train one here on this file"]
-        assert any("No probe ships" in c for c in texts(at.caption))
+    assert at.radio(key="probe_source").options == ["upload a probe",
+                                                     "train one here on this file"]
+    assert any("No probe ships" in c for c in texts(at.caption))
     assert any("Upload both files" in i for i in texts(at.info))
+
+
+def test_shipped_probe_is_offered_first_with_its_card() -> None:
+    if not dstate.shipped_probes():
+        pytest.skip("no probe in sample_traces/probes/ (make default-probe)")
+    at = upload(start(), "mixed.jsonl", MIXED_FILE)
+    assert not at.exception
+    assert at.radio(key="probe_source").value == "shipped"
+    assert any("SmolLM2-135M-Instruct" in c and "layer" in c for c in texts(at.caption))
 
 
 @pytest.mark.parametrize("case, expected", [
