@@ -227,8 +227,8 @@ def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
                       n_resamples: int = 0) -> dict[str, Any]:
     """The `telltale evaluate --json` report. A key the data cannot support is None, never 0.
 
-    With `n_resamples` > 0 it adds "intervals" (`ranking_intervals`) and the final step's class
-    counts ("final_counts"), which say how much the final-prefix AUROC can be trusted."""
+    "final_counts" holds the final step's class counts, which say how far the final-prefix
+    AUROC can be trusted; with `n_resamples` > 0 "intervals" adds `ranking_intervals`."""
     if not chains:
         raise ValueError("No chain to evaluate.")
     report: dict[str, Any] = {"n_chains": len(chains),
