@@ -132,6 +132,14 @@ def bundle_files(bundle: ProbeBundle, name: str) -> ProbeFile:
 # ---------------------------------------------------------------------------- requests
 
 
+def _common_fields(value: dict[str, Any]) -> tuple[tuple[str, str, str], str, Reading]:
+    """(model, file_hash, reading) of a request kept in session state; raises on a bad shape."""
+    spec, device, dtype = value["model"]
+    fmt, mode, pattern = value["reading"]
+    return (str(spec), str(device), str(dtype)), str(value["file_hash"]), \
+        (str(fmt), str(mode), pattern)
+
+
 @dataclass(frozen=True)
 class ScoreRequest:
     """What "Score with this probe" asked for; kept in session state as plain values."""
@@ -150,10 +158,7 @@ class ScoreRequest:
         if not isinstance(value, dict):
             return None
         try:
-            spec, device, dtype = value["model"]
-            fmt, mode, pattern = value["reading"]
-            return cls((str(spec), str(device), str(dtype)), str(value["file_hash"]),
-                       (str(fmt), str(mode), pattern), str(value["probe_hash"]))
+            return cls(*_common_fields(value), str(value["probe_hash"]))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -186,11 +191,8 @@ class TrainRequest:
         if not isinstance(value, dict):
             return None
         try:
-            spec, device, dtype = value["model"]
-            fmt, mode, pattern = value["reading"]
-            return cls((str(spec), str(device), str(dtype)), str(value["file_hash"]),
-                       (str(fmt), str(mode), pattern), str(value["layers"]),
-                       bool(value["sweep"]), int(value["epochs"]), str(value["step_pooling"]),
+            return cls(*_common_fields(value), str(value["layers"]), bool(value["sweep"]),
+                       int(value["epochs"]), str(value["step_pooling"]),
                        bool(value["step_input"]))
         except (KeyError, TypeError, ValueError):
             return None
