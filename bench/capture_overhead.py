@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.capture import record_residual  # noqa: E402
-from core.encode import encode_trace  # noqa: E402
-from core.models import load_model  # noqa: E402
-from core.step_forward import pad_batch  # noqa: E402
-from core.traces import read_traces  # noqa: E402
+from core.data.traces import read_traces  # noqa: E402
+from core.diagnose.encode import encode_trace  # noqa: E402
+from core.diagnose.step_forward import pad_batch  # noqa: E402
+from core.runtime.capture import record_residual  # noqa: E402
+from core.runtime.models import load_model  # noqa: E402
 
 
 def main() -> None:

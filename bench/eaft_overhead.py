@@ -31,11 +31,11 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.eaft import eaft_loss  # noqa: E402
-from core.entropy import token_stats  # noqa: E402
-from core.finetune_data import collate, encode_examples  # noqa: E402
-from core.finetune_samples import target_examples  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.control.eaft import eaft_loss  # noqa: E402
+from core.control.entropy import token_stats  # noqa: E402
+from core.control.finetune_data import collate, encode_examples  # noqa: E402
+from core.control.finetune_samples import target_examples  # noqa: E402
+from core.runtime.models import load_model  # noqa: E402
 
 
 class LiveTensorBytes(TorchDispatchMode):

@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.arith import cot_prompt, generate_problems  # noqa: E402
-from core.chat import user_prompt  # noqa: E402
-from core.models import load_model  # noqa: E402
-from core.monitor import MonitorConfig, run_monitor  # noqa: E402
-from core.probes import LinearProbe, ProbeBundle, ProbeMeta, load_probe  # noqa: E402
+from core.data.arith import cot_prompt, generate_problems  # noqa: E402
+from core.diagnose.monitor import MonitorConfig, run_monitor  # noqa: E402
+from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta, load_probe  # noqa: E402
+from core.runtime.chat import user_prompt  # noqa: E402
+from core.runtime.models import load_model  # noqa: E402
 
 
 def random_probe(hidden: int, layer: int, threshold: float) -> ProbeBundle:

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.probes import ChainFeatures, TrackerConfig, fit_logistic, train_tracker  # noqa: E402
+from core.diagnose.probes import ChainFeatures, TrackerConfig, fit_logistic, train_tracker  # noqa: E402
 
 
 def synthetic(n_steps: int, hidden: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -39,8 +39,8 @@ def synthetic(n_steps: int, hidden: int, seed: int = 0) -> list[tuple[np.ndarray
 
 
 def from_capture(folder: str, layer: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from core.evaluation import chain_groups
-    from core.feature_store import load_capture
+    from core.diagnose.evaluation import chain_groups
+    from core.diagnose.feature_store import load_capture
 
     cap = load_capture(folder)
     feats = cap.matrix(layer, "exp")

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.concepts import build_word_library  # noqa: E402
-from core.introspection import InjectionSpec, TrialConfig, run_trials  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.runtime.models import load_model  # noqa: E402
+from core.sense.concepts import build_word_library  # noqa: E402
+from core.sense.introspection import InjectionSpec, TrialConfig, run_trials  # noqa: E402
 
 
 def main() -> None:

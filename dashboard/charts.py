@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-# The per-step baseline signals of `core.signals.SIGNAL_NAMES`, with the axis title each gets.
+# The per-step baseline signals of `core.diagnose.signals.SIGNAL_NAMES`, with the axis title each gets.
 # (Kept here rather than imported so this module does not pull in torch; a test checks the two
 # lists agree.)
 SIGNAL_TITLES: dict[str, str] = {
@@ -61,7 +61,7 @@ def chain_table(traces: Sequence[Any]) -> pd.DataFrame:
     hallucinated_rate, is_correct.
 
     hallucinated_rate = (steps labelled 1) / (steps with a label 0 or 1); None when no step of
-    the chain is labelled. Takes `core.traces.Trace` records (anything with id, problem_id,
+    the chain is labelled. Takes `core.data.traces.Trace` records (anything with id, problem_id,
     steps[i].label and is_correct).
     """
     rows = []
@@ -81,7 +81,7 @@ def chain_table(traces: Sequence[Any]) -> pd.DataFrame:
 
 def issue_table(issues: Sequence[Any]) -> pd.DataFrame:
     """One row per problem of a trace file: line, field ("" when the line is not a trace at all)
-    and the problem. Takes `core.traces.TraceIssue` records."""
+    and the problem. Takes `core.data.traces.TraceIssue` records."""
     return pd.DataFrame([{"line": i.line, "field": i.field, "problem": i.message}
                          for i in issues], columns=["line", "field", "problem"])
 
@@ -108,7 +108,7 @@ def step_signal_figure(df: pd.DataFrame, signal: str, trace_id: str) -> go.Figur
     One bar trace per label class present (correct, hallucinated, unlabelled), so the legend
     explains the colours; hallucinated bars also get a dark outline and an "x" marker above them
     so they stand out without colour. Hovering a bar shows the step's index, value and text.
-    `df` is a `core.feature_store.signal_table` result (columns trace_id, step, text, label and the
+    `df` is a `core.diagnose.feature_store.signal_table` result (columns trace_id, step, text, label and the
     signal).
     """
     _check_signal(df, signal)

@@ -4,7 +4,7 @@ test.
 
 The per-step table these take (`STEP_COLUMNS`) has one row per scored step: trace_id, step,
 text, step_score (NaN without a step probe), prefix_score, alarm, label, prefix_label (NaN or
-None where unknown) and phase (see `core.evaluation.step_phases`).
+None where unknown) and phase (see `core.diagnose.evaluation.step_phases`).
 
     fig = probe_chain_figure(steps, "p3-c0", threshold=0.41, step_threshold=0.5)
 """
@@ -24,7 +24,7 @@ from dashboard.charts import HALLUCINATED, LABEL_STYLE, hover_text, label_name
 STEP_COLUMNS = ("trace_id", "step", "text", "step_score", "prefix_score", "alarm", "label",
                 "prefix_label", "phase")
 
-# Phase names as `core.evaluation` spells them (kept here so this module does not import torch;
+# Phase names as `core.diagnose.evaluation` spells them (kept here so this module does not import torch;
 # a test checks that the two agree), each with its shading and what it means.
 # phase -> (shading behind the step, legend swatch, meaning)
 PHASE_STYLE: dict[str, tuple[str, str, str]] = {
@@ -203,7 +203,7 @@ def token_heatmap_html(tokens: Sequence[Any], focus_step: int,
                        steps: Sequence[int] | None = None) -> str:
     """Response tokens coloured by the step probe's score on each (white 0 .. red 1), one line
     per step, the focus step outlined; hovering a token shows its score. Takes
-    `core.evaluation.TokenScore` records (step, text, score); only `steps` (default: all) are
+    `core.diagnose.evaluation.TokenScore` records (step, text, score); only `steps` (default: all) are
     drawn. Token text is HTML-escaped."""
     shown = sorted({t.step for t in tokens}) if steps is None else list(steps)
     rows = []
@@ -257,7 +257,7 @@ def dynamic_table(report: Mapping[str, Any]) -> pd.DataFrame:
 
 def roc_figure(curves: Mapping[str, Any], title: str) -> go.Figure:
     """ROC curves (the probes thick and red, each baseline thin in its own colour), the chance
-    diagonal dotted. Takes `core.evaluation.RocCurve`-like values (fpr, tpr, auroc) keyed by
+    diagonal dotted. Takes `core.diagnose.evaluation.RocCurve`-like values (fpr, tpr, auroc) keyed by
     scorer name."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",

@@ -1,11 +1,11 @@
 """Pure functions for the Fine-tuning page: token statistics in, a plotly figure, a table, HTML or
 export bytes out. No Streamlit here, and no torch (the quadrant names are written out; a test
-checks they match `core.entropy.QUADRANTS`).
+checks they match `core.control.entropy.QUADRANTS`).
 
-The token table is `core.conflicts.scan_conflicts(...).tokens` with a `quadrant` column
-(`core.conflicts.with_quadrants`) and the decoded token text (`target_text`, `top_text`) that
+The token table is `core.control.conflicts.scan_conflicts(...).tokens` with a `quadrant` column
+(`core.control.conflicts.with_quadrants`) and the decoded token text (`target_text`, `top_text`) that
 `dashboard.finetune_state` adds. Cuts are anything with `p`, `h` and `uncertain` (a
-`core.entropy.Cuts`).
+`core.control.entropy.Cuts`).
 
     figures = plane_figures(p, h, grad, {"sft": w_sft, "eaft": w_eaft}, cuts)
     html = example_html(tokens_of_one_example, colour_by="p")
@@ -37,7 +37,7 @@ QUADRANT_COLOURS = {
     "uncertain": "#F2B701",
     "other": "#BAB0AC",
 }
-# quadrant table columns of `core.conflicts.ConflictSummary.quadrants` -> what the page calls them
+# quadrant table columns of `core.control.conflicts.ConflictSummary.quadrants` -> what the page calls them
 SHARE_TITLES = {
     "token_share": "tokens",
     "loss_share": "SFT loss",
@@ -60,7 +60,7 @@ COLOUR_MODES = ("p", "gate", "quadrant")
 
 
 class CutsLike(Protocol):
-    """`core.entropy.Cuts`: the resolved p, H~ and uncertain cuts."""
+    """`core.control.entropy.Cuts`: the resolved p, H~ and uncertain cuts."""
 
     @property
     def p(self) -> float: ...

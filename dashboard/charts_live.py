@@ -1,6 +1,6 @@
 """Pure functions for the Live page: scored steps in, a table, an HTML transcript or a plotly
 figure out. No Streamlit here, and no torch: the records are read by attribute, so any object
-with the fields of `core.monitor.StepRecord` will do (index, text, n_tokens, step_score,
+with the fields of `core.diagnose.monitor.StepRecord` will do (index, text, n_tokens, step_score,
 prefix_score, alarm, kept, attempt).
 
     fig = live_figure(kept, discarded, threshold=0.42)   # c_step bars, c_prefix line, alarms
@@ -33,7 +33,7 @@ DISCARDED = "discarded"
 
 
 class StepLike(Protocol):
-    """The fields of `core.monitor.StepRecord` these functions read (read-only)."""
+    """The fields of `core.diagnose.monitor.StepRecord` these functions read (read-only)."""
 
     @property
     def index(self) -> int: ...
@@ -226,7 +226,7 @@ def live_figure(kept: Sequence[StepLike], discarded: Sequence[StepLike], thresho
 
 
 def summary_counts(result: Any) -> dict[str, int | bool]:
-    """The end-of-run numbers of a `core.monitor.MonitorResult`: kept steps, alarms among them,
+    """The end-of-run numbers of a `core.diagnose.monitor.MonitorResult`: kept steps, alarms among them,
     discarded attempts, tokens in the answer, tokens processed (retries included), and whether
     the alarm stopped generation."""
     return {

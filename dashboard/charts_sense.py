@@ -1,7 +1,7 @@
 """Pure functions for the Introspection page: tables in, HTML or a plotly figure out. No
 Streamlit and no torch here, so every figure is checked in a plain test.
 
-The tables are the ones `core` returns: per-trial rows of `core.introspection.run_trials` /
+The tables are the ones `core` returns: per-trial rows of `core.sense.introspection.run_trials` /
 `run_sweep` (TRIAL_COLUMNS), per-condition rates (`TrialRun.rates()`), the sweep summary
 (`sweep_summary`, one row per layer x strength x concept), the logit-lens table (layer, condition,
 token, prob, rank) and the prefill summary (layer, condition, n, apology, apology_lo,
@@ -25,7 +25,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-# Conditions as `core.introspection.CONDITIONS` spells them (kept here so this module does not
+# Conditions as `core.sense.introspection.CONDITIONS` spells them (kept here so this module does not
 # import torch; a test checks that the two agree), each with its title and colour.
 CONDITION_TITLES: dict[str, str] = {
     "injected": "concept injected",
@@ -41,7 +41,7 @@ CONDITION_COLOURS: dict[str, str] = {
     "random": "#8C8C8C",
     "negated": "#72B7B2",
 }
-# Prefill conditions as `core.prefill.PREFILL_CONDITIONS` spells them.
+# Prefill conditions as `core.sense.prefill.PREFILL_CONDITIONS` spells them.
 PREFILL_TITLES: dict[str, str] = {
     "none": "no injection (the same replies at every layer)",
     "matching": "the prefilled word's concept",
@@ -245,7 +245,7 @@ def logit_lens_figure(table: pd.DataFrame, layer: int, strength: float | None = 
                       ) -> go.Figure:
     """The concept token's rank (top, log scale, rank 1 at the top) and probability (bottom, log
     scale) per layer, without and with the injection; a dashed line marks the injection layer
-    (layers before it cannot change). `table` has the columns of `core.logit_lens.logit_lens`."""
+    (layers before it cannot change). `table` has the columns of `core.sense.logit_lens.logit_lens`."""
     token = str(table["token"].iloc[0]) if len(table) else ""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("rank of the token (1 = the top prediction)",
@@ -345,7 +345,7 @@ def _grid_figure(summary: pd.DataFrame, panels: Sequence[tuple[str, str, float, 
 
 def sweep_heatmaps(summary: pd.DataFrame, concept: str | None = None) -> go.Figure:
     """Net score (identification - false positives), identification and coherence over
-    layer x strength (cells show the value). `summary` is `core.introspection.sweep_summary`'s
+    layer x strength (cells show the value). `summary` is `core.sense.introspection.sweep_summary`'s
     table."""
     return _grid_figure(summary, SWEEP_PANELS, concept, "Injected concept",
                         f"{_concept_note(summary, concept)}; net = identification − false "
@@ -375,7 +375,7 @@ def control_heatmaps(summary: pd.DataFrame, concept: str | None = None) -> go.Fi
 
 def prefill_figure(summary: pd.DataFrame, strength: float | None = None) -> go.Figure:
     """Apology rate per layer and condition as grouped bars with 95% Wilson intervals.
-    `summary` is `core.prefill.prefill_summary`'s table."""
+    `summary` is `core.sense.prefill.prefill_summary`'s table."""
     fig = go.Figure()
     for condition, name in PREFILL_TITLES.items():
         rows = summary[summary["condition"] == condition].sort_values("layer")

@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.traces import traces_to_jsonl
+from core.data.traces import traces_to_jsonl
 from dashboard import charts_diagnose as cd
 from dashboard import diagnose_state as dstate
 from dashboard.probe_picker import ScoredFile
@@ -285,7 +285,7 @@ def downloads(scored: ScoredFile, report: dict[str, Any], table: pd.DataFrame,
     ordered = [scored.traces[c.trace_id] for c in scored.chains]
 
     def scored_jsonl() -> str:
-        from core.evaluation import scored_traces
+        from core.diagnose.evaluation import scored_traces
 
         return traces_to_jsonl(scored_traces(ordered, scored.chains, threshold=scored.threshold,
                                              layer=meta.layer, probe_name=scored.probe.name))

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.evaluation import (
+from core.data.traces import Trace
+from core.diagnose.evaluation import (
     RocCurve,
     ScoredChain,
     TokenScore,
@@ -35,9 +36,8 @@ from core.evaluation import (
     step_phases,
     token_scores,
 )
-from core.feature_store import CaptureConfig, capture_in_memory
-from core.probes import ProbeBundle, TrackerConfig, load_probe, save_probe
-from core.traces import Trace
+from core.diagnose.feature_store import CaptureConfig, capture_in_memory
+from core.diagnose.probes import ProbeBundle, TrackerConfig, load_probe, save_probe
 from dashboard.state import SAMPLE_FOLDER, content_hash, get_model
 
 PROBE_FOLDER = SAMPLE_FOLDER / "probes"
@@ -123,7 +123,7 @@ def keep_trained(probe: ProbeFile) -> None:
 
 
 def bundle_files(bundle: ProbeBundle, name: str) -> ProbeFile:
-    """A bundle as its two files' bytes (written by `core.probes.save_probe`)."""
+    """A bundle as its two files' bytes (written by `core.diagnose.probes.save_probe`)."""
     with tempfile.TemporaryDirectory(prefix="telltale-probe-") as folder:
         weights, sidecar = save_probe(Path(folder) / name, bundle)
         return ProbeFile(name, weights.read_bytes(), sidecar.read_bytes())
@@ -217,9 +217,9 @@ def train_here(request: TrainRequest, traces: Sequence[Trace], name: str,
                train_progress: Progress | None = None) -> tuple[ProbeFile, Any]:
     """Capture the file's chains at the requested layer(s), train the probes (choosing the layer
     on validation chains for a sweep), and keep the probe in the trained store. Returns the
-    probe files and `core.probe_training.TrainResult`. ValueError for unusable data."""
-    from core.layers import parse_layers
-    from core.probe_training import TrainConfig, train_probes
+    probe files and `core.diagnose.probe_training.TrainResult`. ValueError for unusable data."""
+    from core.diagnose.probe_training import TrainConfig, train_probes
+    from core.runtime.layers import parse_layers
 
     loaded = get_model(*request.model)
     text = str(loaded.n_layers // 2) if request.layers.strip() in ("", "middle") else \
@@ -308,7 +308,7 @@ def step_table(score_key: str, _chains: Sequence[ScoredChain], _traces: Sequence
 @st.cache_data(show_spinner=False, max_entries=64)
 def file_report(score_key: str, k: int, _chains: Sequence[ScoredChain], threshold: float,
                 step_threshold: float | None) -> dict[str, Any]:
-    """`core.evaluation.evaluation_report` of a scored file (JSON-ready: plain floats)."""
+    """`core.diagnose.evaluation.evaluation_report` of a scored file (JSON-ready: plain floats)."""
     report = evaluation_report(_chains, threshold, step_threshold, k=k,
                                n_resamples=BOOTSTRAP_RESAMPLES)
     return dict(json.loads(json.dumps(report, default=_plain)))
@@ -330,7 +330,7 @@ def file_roc_curves(score_key: str, level: str,
 def chain_token_scores(model: tuple[str, str, str], file_hash: str, reading: Reading,
                        probe_hash: str, trace_id: str, _trace: Trace,
                        _bundle: ProbeBundle) -> list[TokenScore]:
-    """`core.evaluation.token_scores` of one chain (one forward pass), cached."""
+    """`core.diagnose.evaluation.token_scores` of one chain (one forward pass), cached."""
     return token_scores(get_model(*model), _bundle, _trace)
 
 

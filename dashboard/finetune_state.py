@@ -22,11 +22,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.conflicts import TOKEN_COLUMNS, ConflictScan, scan_conflicts
-from core.entropy import NORMS
-from core.finetune import CompareConfig, finetune_compare
-from core.finetune_data import FinetuneExample, FinetuneLoad, read_finetune
-from core.models import LoadedModel
+from core.control.conflicts import TOKEN_COLUMNS, ConflictScan, scan_conflicts
+from core.control.entropy import NORMS
+from core.control.finetune import CompareConfig, finetune_compare
+from core.control.finetune_data import FinetuneExample, FinetuneLoad, read_finetune
+from core.runtime.models import LoadedModel
 from dashboard.state import SAMPLE_FOLDER, get_model
 
 Progress = Callable[[int, int], None]
@@ -51,7 +51,7 @@ def has_peft() -> bool:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def read_finetune_file(data: bytes, name: str) -> FinetuneLoad:
-    """`core.finetune_data.read_finetune` on a file's bytes: never raises on content; every bad
+    """`core.control.finetune_data.read_finetune` on a file's bytes: never raises on content; every bad
     line is an issue naming the line and the field."""
     return read_finetune(data, name=name)
 
@@ -115,7 +115,7 @@ def decoded_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 @st.cache_data(show_spinner=False, max_entries=5000)
 def scan_part(model: tuple[str, str, str], file_hash: str, settings: ScanSettings, start: int,
               _examples: tuple[FinetuneExample, ...]) -> ConflictScan:
-    """`core.conflicts.scan_conflicts` on one part of a file (examples start .. start + len),
+    """`core.control.conflicts.scan_conflicts` on one part of a file (examples start .. start + len),
     with the decoded text of each target and top token. `_examples` is not hashed: the other
     arguments name it."""
     loaded = get_model(*model)
@@ -205,7 +205,7 @@ class CompareJob:
 
     def run(self, loaded: LoadedModel, train: Sequence[FinetuneExample],
             general: Sequence[FinetuneExample], config: CompareConfig) -> None:
-        """`core.finetune.finetune_compare`; a failure becomes one sentence in `error`."""
+        """`core.control.finetune.finetune_compare`; a failure becomes one sentence in `error`."""
         try:
             self.table = finetune_compare(loaded, train, general, config, progress=self.progress)
         except Exception as error:  # noqa: BLE001 - shown on the page as a sentence

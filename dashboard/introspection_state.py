@@ -13,7 +13,7 @@ state) and its results (`st.cache_data`, keyed on the model and every setting).
 - Nothing here draws on the page itself.
 
     request = TrialRequest(model, ConceptChoice.word("bread"), 20, InjectionSpec(4.0), config)
-    run = trial_run(request, _progress=bar)            # a core.introspection.TrialRun
+    run = trial_run(request, _progress=bar)            # a core.sense.introspection.TrialRun
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.concepts import (
+from core.sense.concepts import (
     METHODS,
     ConceptLibrary,
     build_contrastive_library,
@@ -33,7 +33,7 @@ from core.concepts import (
     caps_pairs,
     check_method,
 )
-from core.introspection import (
+from core.sense.introspection import (
     InjectionSpec,
     SweepConfig,
     TrialConfig,
@@ -43,8 +43,8 @@ from core.introspection import (
     run_trials,
     trial_layout,
 )
-from core.logit_lens import logit_lens
-from core.prefill import PrefillConfig, run_prefill
+from core.sense.logit_lens import logit_lens
+from core.sense.prefill import PrefillConfig, run_prefill
 from dashboard.state import get_model
 
 Progress = Callable[[int, int], None]
@@ -250,7 +250,7 @@ def residual_norms(model: ModelKey) -> dict[int, float]:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def trial_run(request: TrialRequest, _progress: Progress | None = None) -> TrialRun:
-    """`core.introspection.run_trials` for the request: the injected trials and every control."""
+    """`core.sense.introspection.run_trials` for the request: the injected trials and every control."""
     _started(_progress)
     loaded = get_model(*request.model)
     library = concept_library(request.model, request.concept)
@@ -260,7 +260,7 @@ def trial_run(request: TrialRequest, _progress: Progress | None = None) -> Trial
 
 @st.cache_data(show_spinner="Reading the logit lens ...", max_entries=64)
 def lens_table(request: TrialRequest) -> pd.DataFrame:
-    """`core.logit_lens.logit_lens` for the request's concept, layer and injection."""
+    """`core.sense.logit_lens.logit_lens` for the request's concept, layer and injection."""
     loaded = get_model(*request.model)
     library = concept_library(request.model, request.concept)
     return logit_lens(loaded, library.vector(request.concept.name, request.layer), request.spec)
@@ -282,7 +282,7 @@ def sweep_library(request: SweepRequest, progress: Progress | None = None) -> Co
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def sweep_trials(request: SweepRequest, _progress: Progress | None = None) -> pd.DataFrame:
-    """`core.introspection.run_sweep`'s per-trial table (build the concepts first with
+    """`core.sense.introspection.run_sweep`'s per-trial table (build the concepts first with
     `sweep_library`)."""
     _started(_progress)
     loaded = get_model(*request.model)
@@ -291,7 +291,7 @@ def sweep_trials(request: SweepRequest, _progress: Progress | None = None) -> pd
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def prefill_replies(request: PrefillRequest, _progress: Progress | None = None) -> pd.DataFrame:
-    """`core.prefill.run_prefill`'s per-reply table (it builds the prefilled words' vectors)."""
+    """`core.sense.prefill.run_prefill`'s per-reply table (it builds the prefilled words' vectors)."""
     _started(_progress)
     loaded = get_model(*request.model)
     return run_prefill(loaded, request.prefill_config(), progress=_progress)

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field, replace
 
 import streamlit as st
 
-from core.arith import cot_prompt, generate_problems
-from core.models import LoadedModel
-from core.monitor import (
+from core.data.arith import cot_prompt, generate_problems
+from core.diagnose.monitor import (
     DoneEvent,
     MonitorConfig,
     MonitorEvent,
@@ -34,7 +33,8 @@ from core.monitor import (
     TokenEvent,
     monitor_events,
 )
-from core.probes import ProbeBundle
+from core.diagnose.probes import ProbeBundle
+from core.runtime.models import LoadedModel
 
 SAMPLE_SEED = 1000  # held out: the shipped traces and probes use seed 0
 N_SAMPLES = 8

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from core.evaluation import ScoredChain
-from core.probe_training import TRAIN_POOLINGS
-from core.probes import ProbeBundle
-from core.traces import Trace
+from core.data.traces import Trace
+from core.diagnose.evaluation import ScoredChain
+from core.diagnose.probe_training import TRAIN_POOLINGS
+from core.diagnose.probes import ProbeBundle
 from dashboard import diagnose_state as dstate
 from dashboard import state
 from dashboard.diagnose_state import ProbeFile, Reading, ScoreRequest, TrainRequest

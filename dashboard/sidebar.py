@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.models import DEFAULT_SPEC, DEVICES, DTYPES, LoadedModel
+from core.runtime.models import DEFAULT_SPEC, DEVICES, DTYPES, LoadedModel
 from dashboard.state import (
     ModelChoice,
     get_model,

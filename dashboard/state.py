@@ -18,9 +18,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.feature_store import signal_table
-from core.importers import import_traces
-from core.models import (
+from core.data.importers import import_traces
+from core.data.steps import Segmenter
+from core.data.traces import Trace, TraceLoad
+from core.diagnose.feature_store import signal_table
+from core.runtime.models import (
     DEFAULT_SPEC,
     DEVICES,
     DTYPES,
@@ -29,8 +31,6 @@ from core.models import (
     ModelLoadError,
     load_model,
 )
-from core.steps import Segmenter
-from core.traces import Trace, TraceLoad
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_FOLDER = REPO_ROOT / "sample_traces"
@@ -158,7 +158,7 @@ def sample_files(folder: Path = SAMPLE_FOLDER) -> list[Path]:
 @st.cache_data(show_spinner=False, max_entries=16)
 def read_trace_file(data: bytes, name: str, mode: str = "lines", pattern: str | None = None,
                     format: str = "auto") -> TraceLoad:
-    """`core.importers.import_traces` on a file's bytes (any supported format; "auto" tells
+    """`core.data.importers.import_traces` on a file's bytes (any supported format; "auto" tells
     which from the first record). Bad records never raise (problems are in `.issues`); raises
     ValueError for a file whose shape fits no format, or a bad step-splitting mode or pattern."""
     return import_traces(data, format, name=name, segmenter=Segmenter(mode, pattern))
@@ -170,7 +170,7 @@ def read_trace_file(data: bytes, name: str, mode: str = "lines", pattern: str | 
 @st.cache_data(show_spinner=False, max_entries=5000)
 def chain_signals(model: tuple[str, str, str], file_hash: str, segmenter: tuple[str, str | None],
                   trace_id: str, _trace: Trace) -> pd.DataFrame:
-    """Per-step signals of one chain (`core.feature_store.signal_table`), cached per model, file
+    """Per-step signals of one chain (`core.diagnose.feature_store.signal_table`), cached per model, file
     content, step splitting and chain id. `_trace` is not hashed: the other arguments name it."""
     loaded = get_model(*model)
     return signal_table(loaded, [_trace], batch_size=1)
@@ -195,7 +195,7 @@ def compute_signals(request: SignalsRequest, traces: Sequence[Trace],
 
 def signal_table_columns() -> pd.DataFrame:
     """An empty signal table with the columns `signal_table` returns."""
-    from core.signals import SIGNAL_NAMES
+    from core.diagnose.signals import SIGNAL_NAMES
 
     return pd.DataFrame(columns=["trace_id", "step", "text", "label", "prefix_label",
                                  "n_tokens", *SIGNAL_NAMES])

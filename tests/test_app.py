@@ -223,7 +223,7 @@ def test_compute_signals_on_default_model_plots_marked_steps() -> None:
 
 # ---------------------------------------------------------------------------- probe view
 
-from core.importers import import_traces  # noqa: E402
+from core.data.importers import import_traces  # noqa: E402
 from dashboard import diagnose_panels  # noqa: E402
 from dashboard import diagnose_state as dstate  # noqa: E402
 
@@ -269,7 +269,7 @@ def probe_files(folder: Path, hidden: int, layer: int, name: str = "probe") -> t
     """A probe pair with random weights for a model of hidden size `hidden`."""
     import numpy as np
 
-    from core.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
+    from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
 
     rng = np.random.default_rng(0)
     meta = ProbeMeta(model="default", model_name="test", hidden_size=hidden, layer=layer,

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from core.arith import (
+from core.data.arith import (
     ArithProblem,
     StepCheck,
     answers_match,

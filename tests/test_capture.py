@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.capture import record_residual
-from core.hooks import hidden_of, replace_hidden
-from core.layers import decoder_layers
-from core.pooling import POOLINGS, span_weights
+from core.runtime.capture import record_residual
+from core.runtime.hooks import hidden_of, replace_hidden
+from core.runtime.layers import decoder_layers
+from core.runtime.pooling import POOLINGS, span_weights
 from tests.tiny_models import FAMILIES, HIDDEN, LAYERS, random_batch, tiny_model
 
 # The norm each family applies after its last block before `hidden_states[-1]` is stored.

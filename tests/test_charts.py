@@ -60,7 +60,7 @@ def bars(fig: go.Figure) -> dict[str, go.Bar]:
 
 
 def test_signal_titles_cover_core_signals() -> None:
-    from core.signals import SIGNAL_NAMES
+    from core.diagnose.signals import SIGNAL_NAMES
 
     assert set(SIGNAL_TITLES) == set(SIGNAL_NAMES)
 

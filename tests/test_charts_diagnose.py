@@ -49,7 +49,7 @@ def named(fig: go.Figure, name: str) -> go.Scatter | go.Bar:
 
 
 def test_phase_names_match_core() -> None:
-    from core.evaluation import PHASES
+    from core.diagnose.evaluation import PHASES
 
     assert tuple(PHASE_STYLE) == PHASES
 

@@ -139,7 +139,7 @@ def test_quadrant_table_and_share_figure() -> None:
 
 
 def test_quadrant_names_match_core() -> None:
-    from core.entropy import QUADRANTS
+    from core.control.entropy import QUADRANTS
 
     assert cf.QUADRANTS == QUADRANTS
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.monitor import StepRecord
+from core.diagnose.monitor import StepRecord
 from dashboard import charts_live
 
 

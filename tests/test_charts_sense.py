@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from core.introspection import CONDITIONS, sweep_summary
-from core.introspection_grading import grade_reply
-from core.prefill import PREFILL_CONDITIONS
+from core.sense.introspection import CONDITIONS, sweep_summary
+from core.sense.introspection_grading import grade_reply
+from core.sense.prefill import PREFILL_CONDITIONS
 from dashboard import charts_sense as cs
 from dashboard.charts_sense import Span
 
@@ -191,7 +191,7 @@ def test_control_heatmaps_mark_a_control_not_run_and_give_false_positives() -> N
 
 
 def test_heatmaps_from_a_core_summary_of_hand_made_trials() -> None:
-    """A trial table written by hand through `core.introspection.sweep_summary`: the net cell
+    """A trial table written by hand through `core.sense.introspection.sweep_summary`: the net cell
     is identified/n minus the shared false-positive rate."""
     base = {"concept": "bread", "scale": "raw", "positions": "window", "reply": "",
             "coherent": True, "affirmative": True, "names_concept": True, "immediate": True,

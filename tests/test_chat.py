@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.chat import format_chat, has_chat_template, user_prompt
+from core.runtime.chat import format_chat, has_chat_template, user_prompt
 from tests.tiny_models import tiny_tokenizer
 
 CHATML = (

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from core.cli import main
-from core.feature_store import load_capture
-from core.pooling import span_weights
+from core.cli.main import main
+from core.diagnose.feature_store import load_capture
+from core.runtime.pooling import span_weights
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
@@ -78,9 +78,9 @@ def test_capture_matches_the_hidden_states_and_resumes(model_dir, tmp_path, caps
     assert len(cap.index) == cap.features[(1, "exp")].shape[0]
     assert {"mean_entropy", "mean_nll", "max_nll", "min_prob"} <= set(cap.index.columns)
     # oracle: the first chain's pooled vectors from output_hidden_states of a plain forward
-    from core.encode import encode_trace
-    from core.models import load_model
-    from core.traces import read_traces
+    from core.data.traces import read_traces
+    from core.diagnose.encode import encode_trace
+    from core.runtime.models import load_model
 
     loaded = load_model(str(model_dir))
     first = read_traces(traces).traces[0]
@@ -163,7 +163,7 @@ def test_train_evaluate_score(model_dir, tmp_path, capsys) -> None:
 
 
 def test_probe_for_another_model_is_refused(model_dir, tmp_path, capsys) -> None:
-    from core.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
+    from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
 
     meta = ProbeMeta(model="x", model_name="x", hidden_size=64, layer=1, step_pooling="exp",
                      tracker_pooling="causal", baseline_pooling="prefix_mean",

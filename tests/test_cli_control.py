@@ -1,19 +1,18 @@
-"""`telltale eaft-stats`, `finetune-compare` and `make-finetune-data` through `core.cli.main`, on a
-tiny random model (the model loader is replaced), plus one end-to-end run on the default model."""
+"""`telltale eaft-stats`, `finetune-compare` and `make-finetune-data` through
+`core.cli.main.main`, on a tiny random model (the model loader is replaced), plus one end-to-end
+run on the default model."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-import core.cli
-import core.cli_control
-from core.cli_control import register
-from core.models import wrap_model
+import core.cli.common
+from core.cli.main import main
+from core.runtime.models import wrap_model
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 TEMPLATE = ("{% for m in messages %}<s> "
@@ -21,25 +20,10 @@ TEMPLATE = ("{% for m in messages %}<s> "
             "{% endfor %}{% if add_generation_prompt %}<s> w4 {% endif %}")
 
 
-def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """core.cli.main with the Control commands registered (until core.cli registers them)."""
-    original = core.cli.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "eaft-stats" not in sub.choices:
-            register(sub)
-        return parser
-
-    monkeypatch.setattr(core.cli, "build_parser", build)
-    return core.cli.main(argv)
-
-
 @pytest.fixture
 def tiny(monkeypatch: pytest.MonkeyPatch):
     loaded = wrap_model(tiny_model("llama", seed=0), tiny_tokenizer(TEMPLATE), name="tiny")
-    monkeypatch.setattr(core.cli_control, "_load", lambda args: loaded)
+    monkeypatch.setattr(core.cli.common, "load", lambda args: loaded)
     return loaded
 
 
@@ -54,8 +38,8 @@ def _write(path: Path, n: int, offset: int = 0) -> Path:
 def test_eaft_stats_json(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
     data = _write(tmp_path / "ft.jsonl", 6)
     tokens = tmp_path / "tokens.csv"
-    code = run_cli(["eaft-stats", "--data", str(data), "--k", "5", "--json",
-                    "--tokens-out", str(tokens)], monkeypatch)
+    code = main(["eaft-stats", "--data", str(data), "--k", "5", "--json",
+                    "--tokens-out", str(tokens)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert {"n_tokens", "conflict_fraction", "quadrants", "thresholds"} <= set(report)
@@ -76,8 +60,8 @@ def test_eaft_stats_json(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
 def test_eaft_stats_text_and_absolute_thresholds(tmp_path: Path, tiny, monkeypatch,
                                                  capsys) -> None:
     data = _write(tmp_path / "ft.jsonl", 3)
-    code = run_cli(["eaft-stats", "--data", str(data), "--absolute", "--p-threshold", "1",
-                    "--h-threshold", "1.01", "--uncertain-threshold", "1.5"], monkeypatch)
+    code = main(["eaft-stats", "--data", str(data), "--absolute", "--p-threshold", "1",
+                    "--h-threshold", "1.01", "--uncertain-threshold", "1.5"])
     out = capsys.readouterr().out
     assert code == 0
     # p <= 1 and H~ <= 1.01 hold for every token: all are conflicts
@@ -86,15 +70,15 @@ def test_eaft_stats_text_and_absolute_thresholds(tmp_path: Path, tiny, monkeypat
 
 
 def test_eaft_stats_errors_are_one_sentence(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
-    assert run_cli(["eaft-stats", "--data", str(tmp_path / "nope.jsonl")], monkeypatch) == 2
+    assert main(["eaft-stats", "--data", str(tmp_path / "nope.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "w1"}\n')
-    assert run_cli(["eaft-stats", "--data", str(bad)], monkeypatch) == 2
+    assert main(["eaft-stats", "--data", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl, line 1, field 'completion'" in err and "holds no valid" in err
     data = _write(tmp_path / "ft.jsonl", 2)
-    assert run_cli(["eaft-stats", "--data", str(data), "--h-threshold", "80"], monkeypatch) == 2
+    assert main(["eaft-stats", "--data", str(data), "--h-threshold", "80"]) == 2
     assert "must lie above" in capsys.readouterr().err
 
 
@@ -102,10 +86,10 @@ def test_finetune_compare_json_and_csv(tmp_path: Path, tiny, monkeypatch, capsys
     train = _write(tmp_path / "train.jsonl", 8)
     general = _write(tmp_path / "general.jsonl", 4, offset=100)
     out = tmp_path / "table.csv"
-    code = run_cli(["finetune-compare", "--train", str(train), "--general", str(general),
+    code = main(["finetune-compare", "--train", str(train), "--general", str(general),
                     "--steps", "2", "--batch-size", "2", "--lr", "1e-2",
                     "--methods", "sft,eaft,sft_lr_matched", "--target-new-tokens", "3",
-                    "--general-new-tokens", "3", "--json", "--out", str(out)], monkeypatch)
+                    "--general-new-tokens", "3", "--json", "--out", str(out)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert [row["method"] for row in report["rows"]] == ["base", "sft", "eaft",
@@ -123,11 +107,11 @@ def test_parser_building_imports_no_torch_and_lists_every_method() -> None:
     import subprocess
     import sys
 
-    from core.cli_control import COMPARE_METHODS
-    from core.finetune import METHODS
+    from core.cli.control import COMPARE_METHODS
+    from core.control.finetune import METHODS
 
     assert COMPARE_METHODS == ",".join(METHODS)
-    code = ("import argparse, sys; from core.cli_control import register; "
+    code = ("import argparse, sys; from core.cli.control import register; "
             "p = argparse.ArgumentParser(); register(p.add_subparsers()); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -138,28 +122,27 @@ def test_parser_building_imports_no_torch_and_lists_every_method() -> None:
 def test_finetune_compare_rejects_bad_methods(tmp_path: Path, tiny, monkeypatch,
                                               capsys) -> None:
     train = _write(tmp_path / "train.jsonl", 4)
-    code = run_cli(["finetune-compare", "--train", str(train), "--general", str(train),
-                    "--methods", "sft,sft_lr_matched"], monkeypatch)
+    code = main(["finetune-compare", "--train", str(train), "--general", str(train),
+                    "--methods", "sft,sft_lr_matched"])
     assert code == 2
     assert "put 'eaft' before it" in capsys.readouterr().err
 
 
 def test_make_finetune_data(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
-    import core.finetune
+    import core.control.finetune
 
     # the tiny model knows nothing: with no right answer there is no general set
-    code = run_cli(["make-finetune-data", "--out-dir", str(tmp_path), "--target", "4",
-                    "--max-new-tokens", "2"], monkeypatch)
+    code = main(["make-finetune-data", "--out-dir", str(tmp_path), "--target", "4",
+                    "--max-new-tokens", "2"])
     assert code == 2 and "answered none" in capsys.readouterr().err
 
-    from core.finetune_samples import GENERAL_QUESTIONS
+    from core.control.finetune_samples import GENERAL_QUESTIONS
 
     answers = [f"It is {answer.split('|')[0]}." for _, answer in GENERAL_QUESTIONS]
-    monkeypatch.setattr(core.finetune, "greedy_replies", lambda *a, **k: answers)
-    code = run_cli(["make-finetune-data", "--out-dir", str(tmp_path), "--target", "4"],
-                   monkeypatch)
+    monkeypatch.setattr(core.control.finetune, "greedy_replies", lambda *a, **k: answers)
+    code = main(["make-finetune-data", "--out-dir", str(tmp_path), "--target", "4"])
     assert code == 0
-    from core.finetune_data import read_finetune
+    from core.control.finetune_data import read_finetune
 
     target = read_finetune(tmp_path / "finetune_target.jsonl", strict=True).examples
     general = read_finetune(tmp_path / "finetune_general.jsonl", strict=True).examples
@@ -185,13 +168,12 @@ def test_default_model_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     general.write_text(json.dumps({"prompt": "What is the capital of France?",
                                    "completion": "The capital of France is Paris.",
                                    "answer": "Paris"}) + "\n")
-    assert run_cli(["eaft-stats", "--data", str(train), "--json"], monkeypatch) == 0
+    assert main(["eaft-stats", "--data", str(train), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_tokens"] > 30 and 0 <= report["conflict_fraction"] <= 1
-    code = run_cli(["finetune-compare", "--train", str(train), "--general", str(general),
+    code = main(["finetune-compare", "--train", str(train), "--general", str(general),
                     "--steps", "1", "--batch-size", "2", "--methods", "sft,eaft", "--lora",
-                    "--target-new-tokens", "24", "--general-new-tokens", "12", "--json"],
-                   monkeypatch)
+                    "--target-new-tokens", "24", "--general-new-tokens", "12", "--json"])
     assert code == 0
     table = json.loads(capsys.readouterr().out)
     assert table["model"] == "SmolLM2-135M-Instruct"

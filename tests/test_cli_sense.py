@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import CliError
-from core.cli_sense import register
-from core.concepts import load_library
-from core.models import load_model
+from core.cli.common import CliError
+from core.cli.sense import register
+from core.runtime.models import load_model
+from core.sense.concepts import load_library
 from tests.tiny_models import LAYERS, tiny_model, tiny_tokenizer
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.concepts import (
+from core.runtime.models import LoadedModel, wrap_model
+from core.sense.concepts import (
     ALL_TARGET_WORDS,
     BASELINE_WORDS,
     LIBRARY_SIDECAR,
@@ -27,7 +28,6 @@ from core.concepts import (
     save_library,
     word_prompt,
 )
-from core.models import LoadedModel, wrap_model
 from tests.tiny_models import FAMILIES, HIDDEN, LAYERS, tiny_model, tiny_tokenizer
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"

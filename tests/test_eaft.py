@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.eaft import (
+from core.control.eaft import (
     LossConfig,
     eaft_loss,
     gated_loss,
@@ -20,8 +20,8 @@ from core.eaft import (
     sigmoid_gate_loss,
     three_way_loss,
 )
-from core.entropy import Thresholds
-from core.finetune_data import FinetuneCollator, encode_example, example_from_dict
+from core.control.entropy import Thresholds
+from core.control.finetune_data import FinetuneCollator, encode_example, example_from_dict
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 X = -100
@@ -121,8 +121,8 @@ def test_gate_is_detached(kind: str) -> None:
     out.loss.backward()
     assert logits.grad is not None
     # recompute the gate by hand and the gradient of the weighted CE with it constant
-    from core.eaft import token_gate
-    from core.entropy import normalise_entropy, response_positions, topk_entropy
+    from core.control.eaft import token_gate
+    from core.control.entropy import normalise_entropy, response_positions, topk_entropy
 
     rows, pos = response_positions(labels)
     z = logits.detach()[rows, pos - 1]
@@ -188,7 +188,7 @@ def _mean_sft(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
 def test_hf_trainer_drop_in_trains_and_logs(tmp_path: Path, kind: str) -> None:
     from transformers import Trainer
 
-    from core.eaft_trainer import GatedLossFunc, GateLogCallback
+    from core.control.eaft_trainer import GatedLossFunc, GateLogCallback
 
     tok = tiny_tokenizer(TEMPLATE)
     data = [encode_example(tok, example_from_dict({**r, "new_facts": True}, str(i)))
@@ -217,7 +217,7 @@ def test_hf_trainer_drop_in_trains_and_logs(tmp_path: Path, kind: str) -> None:
 
 
 def test_three_way_without_marks_is_a_clear_error() -> None:
-    from core.eaft_trainer import GatedLossFunc
+    from core.control.eaft_trainer import GatedLossFunc
 
     loss_fn = GatedLossFunc(LossConfig(kind="three_way"))
     out = {"logits": torch.zeros(1, 3, 5)}
@@ -231,7 +231,7 @@ def test_trl_sft_trainer_drop_in_trains_and_logs(tmp_path: Path) -> None:
     trl = pytest.importorskip("trl")
     from datasets import Dataset
 
-    from core.eaft_trainer import GatedLossFunc, GateLogCallback
+    from core.control.eaft_trainer import GatedLossFunc, GateLogCallback
 
     tok = tiny_tokenizer(TEMPLATE)
     rows = _rows()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from core.entropy import (
+from core.control.entropy import (
     CODE_NORM,
     Cuts,
     Thresholds,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.evaluation import (
+from core.data.traces import trace_from_dict
+from core.diagnose.evaluation import (
     COLLAPSE,
     DECEPTIVE,
     GROUNDED,
@@ -23,9 +24,8 @@ from core.evaluation import (
     step_phases,
     token_scores,
 )
-from core.models import wrap_model
-from core.probes import LinearProbe, ProbeBundle, ProbeMeta
-from core.traces import trace_from_dict
+from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta
+from core.runtime.models import wrap_model
 from tests.tiny_models import HIDDEN, tiny_model, tiny_tokenizer
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"

@@ -8,10 +8,14 @@ import math
 import pytest
 import torch
 
-from core.arith import ArithProblem
-from core.conflicts import example_scores, scan_conflicts, summarise_conflicts, with_quadrants
-from core.entropy import QUADRANTS, token_stats
-from core.finetune import (
+from core.control.conflicts import (
+    example_scores,
+    scan_conflicts,
+    summarise_conflicts,
+    with_quadrants,
+)
+from core.control.entropy import QUADRANTS, token_stats
+from core.control.finetune import (
     METHODS,
     CompareConfig,
     answer_matches,
@@ -19,14 +23,15 @@ from core.finetune import (
     finetune_compare,
     split_holdout,
 )
-from core.finetune_data import collate, encode_example, example_from_dict
-from core.finetune_samples import (
+from core.control.finetune_data import collate, encode_example, example_from_dict
+from core.control.finetune_samples import (
     conflict_examples,
     house_style_solution,
     target_examples,
     whole_sentences,
 )
-from core.models import wrap_model
+from core.data.arith import ArithProblem
+from core.runtime.models import wrap_model
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 TEMPLATE = ("{% for m in messages %}<s> "
@@ -115,11 +120,11 @@ def test_whole_sentences() -> None:
 
 
 def test_general_examples_keep_only_right_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.finetune
-    from core.finetune_samples import general_examples
+    import core.control.finetune
+    from core.control.finetune_samples import general_examples
 
     replies = ["The capital is Paris. And more", "Blue, I think", "It is Rome."]
-    monkeypatch.setattr(core.finetune, "greedy_replies", lambda *a, **k: replies)
+    monkeypatch.setattr(core.control.finetune, "greedy_replies", lambda *a, **k: replies)
     questions = (("Capital of France?", "Paris"), ("Sky colour?", "green"),
                  ("Capital of Italy?", "Rome"))
     kept = general_examples(_loaded(), questions)
@@ -214,7 +219,7 @@ def test_finetune_compare_is_deterministic_and_lora_trains_adapters_only() -> No
     assert first[columns].equals(second[columns])
     assert first.loc[1, "target_loss"] < first.loc[0, "target_loss"]
 
-    from core.finetune import trainable_copy
+    from core.control.finetune import trainable_copy
 
     model = trainable_copy(loaded.model, lora=True, rank=2)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.finetune_data import (
+from core.control.finetune_data import (
     IGNORE_INDEX,
     FinetuneCollator,
     collate,
@@ -20,7 +20,7 @@ from core.finetune_data import (
     read_finetune,
     write_finetune,
 )
-from core.traces import TraceFileError
+from core.data.traces import TraceFileError
 from tests.tiny_models import tiny_tokenizer
 
 # <s> ROLE content </s> per turn; roles as words so every token is in the tiny vocabulary

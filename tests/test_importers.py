@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from core.importers import FORMATS, detect_format, import_traces
-from core.traces import TraceFileError, read_traces, write_traces
+from core.data.importers import FORMATS, detect_format, import_traces
+from core.data.traces import TraceFileError, read_traces, write_traces
 
 
 def jsonl(*records: Any) -> bytes:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.capture import record_residual
-from core.inject import Positions, inject_residual
-from core.layers import decoder_layers
+from core.runtime.capture import record_residual
+from core.runtime.inject import Positions, inject_residual
+from core.runtime.layers import decoder_layers
 from tests.tiny_models import FAMILIES, HIDDEN, LAYERS, random_batch, tiny_model
 
 LAYER = 2

@@ -15,12 +15,13 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
-import core.introspection as intro
-from core.capture import record_residual
-from core.chat import format_chat
-from core.concepts import ConceptRecipe, ConceptVector, build_word_library
-from core.inject import Positions, inject_residual
-from core.introspection import (
+import core.sense.introspection as intro
+from core.runtime.capture import record_residual
+from core.runtime.chat import format_chat
+from core.runtime.inject import Positions, inject_residual
+from core.runtime.models import LoadedModel, wrap_model
+from core.sense.concepts import ConceptRecipe, ConceptVector, build_word_library
+from core.sense.introspection import (
     SUMMARY_KEYS,
     InjectionSpec,
     PromptLayout,
@@ -39,7 +40,7 @@ from core.introspection import (
     trial_layout,
     trial_messages,
 )
-from core.introspection_grading import (
+from core.sense.introspection_grading import (
     grade_apology,
     grade_reply,
     is_coherent,
@@ -48,9 +49,8 @@ from core.introspection_grading import (
     rate,
     word_family,
 )
-from core.logit_lens import concept_token, final_norm, lens_logits, logit_lens
-from core.models import LoadedModel, wrap_model
-from core.prefill import PrefillConfig, prefill_layout, prefill_summary, run_prefill
+from core.sense.logit_lens import concept_token, final_norm, lens_logits, logit_lens
+from core.sense.prefill import PrefillConfig, prefill_layout, prefill_summary, run_prefill
 from tests.tiny_models import FAMILIES, HIDDEN, LAYERS, VOCAB, tiny_model, tiny_tokenizer
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
@@ -505,8 +505,8 @@ def test_format_is_the_models_chat_template() -> None:
 def test_default_model_window_vector_and_lens() -> None:
     """SmolLM2-135M: the window starts at the blank line, a word vector is built, and the lens at
     the last layer reproduces the model's own next-token probability."""
-    from core.concepts import BASELINE_WORDS
-    from core.models import load_model
+    from core.runtime.models import load_model
+    from core.sense.concepts import BASELINE_WORDS
 
     loaded = load_model("default")
     _, layout = trial_layout(loaded.tokenizer)

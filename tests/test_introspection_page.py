@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.introspection import InjectionSpec, TrialConfig
+from core.sense.introspection import InjectionSpec, TrialConfig
 from dashboard import introspection_state as istate
 from dashboard.views import introspection as page
 

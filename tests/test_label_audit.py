@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
-from core.label_audit import (
+from core.cli.main import main
+from core.data.label_audit import (
     audit_agreement,
     question_of,
     read_audit,
     sample_audit,
     write_audit,
 )
-from core.traces import TraceFileError, trace_from_dict
+from core.data.traces import TraceFileError, trace_from_dict
 
 PROMPT = "Example.\nQuestion: Mia has 4 pens.\n4 + 3 = 7\n\nQuestion: Tom has 5 cats.\nSolve it."
 

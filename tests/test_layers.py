@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.capture import record_residual
-from core.layers import (
+from core.runtime.capture import record_residual
+from core.runtime.layers import (
     KNOWN_LAYER_PATHS,
     decoder_layers,
     n_layers,

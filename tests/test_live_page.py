@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.monitor import DoneEvent, MonitorConfig, MonitorResult, StepEvent, StepRecord, TokenEvent
-from core.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
+from core.diagnose.monitor import (
+    DoneEvent,
+    MonitorConfig,
+    MonitorResult,
+    StepEvent,
+    StepRecord,
+    TokenEvent,
+)
+from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
 from dashboard import diagnose_state as dstate
 from dashboard import live_state
 from dashboard.views import live

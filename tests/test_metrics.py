@@ -1,4 +1,4 @@
-"""Tests for core.metrics: scikit-learn as the oracle for ranking metrics, hand-computed answers
+"""Tests for core.diagnose.metrics: scikit-learn as the oracle for ranking metrics, hand-computed answers
 for the dynamic metrics, residual time and recovery statistic, textbook Wilson intervals."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
-from core.metrics import (
+from core.diagnose.metrics import (
     ChainScores,
     auprc,
     auroc,

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.capture import record_residual
-from core.chat import user_prompt
-from core.models import (
+from core.runtime.capture import record_residual
+from core.runtime.chat import user_prompt
+from core.runtime.models import (
     DEFAULT_PACKAGE,
     LoadedModel,
     LoadOptions,

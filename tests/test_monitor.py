@@ -10,12 +10,12 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from core.evaluation import score_capture
-from core.feature_store import CaptureConfig, capture_in_memory
-from core.models import wrap_model
-from core.monitor import MonitorConfig, run_monitor, sample_token
-from core.probes import LinearProbe, ProbeBundle, ProbeMeta
-from core.traces import trace_from_dict
+from core.data.traces import trace_from_dict
+from core.diagnose.evaluation import score_capture
+from core.diagnose.feature_store import CaptureConfig, capture_in_memory
+from core.diagnose.monitor import MonitorConfig, run_monitor, sample_token
+from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta
+from core.runtime.models import wrap_model
 
 CHARS = list("0123456789+=-ab \n")
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
@@ -144,7 +144,7 @@ def test_min_new_tokens_holds_back_eos(loaded) -> None:
 
 
 def test_hooks_removed_when_the_caller_stops_with_an_error(loaded) -> None:
-    from core.monitor import monitor_events
+    from core.diagnose.monitor import monitor_events
 
     blocks = loaded.model.model.layers
     before = [len(b._forward_hooks) for b in blocks]
@@ -176,7 +176,7 @@ def test_probe_for_another_model_is_refused(loaded) -> None:
 
 
 def test_backtrack_eval_runs_three_paired_arms(loaded) -> None:
-    from core.backtrack_eval import BacktrackEvalConfig, backtrack_eval
+    from core.diagnose.backtrack_eval import BacktrackEvalConfig, backtrack_eval
 
     config = BacktrackEvalConfig(n_problems=2, monitor=MonitorConfig(
         max_new_tokens=40, temperature=1.0, threshold=0.3, retries=1, max_backtracks=2))
@@ -192,7 +192,7 @@ def test_backtrack_eval_runs_three_paired_arms(loaded) -> None:
 
 
 def test_control_slots_match_the_backtracks_up_to_the_retry_cap() -> None:
-    from core.backtrack_eval import control_slots
+    from core.diagnose.backtrack_eval import control_slots
 
     slots = control_slots(n_steps=4, n_resamples=7, retries=3, seed=0)
     assert len(slots) == 7 and list(slots) == sorted(slots)
@@ -212,12 +212,11 @@ def test_random_mode_resamples_a_listed_step_as_often_as_listed(loaded) -> None:
 def test_monitor_command_prints_steps_and_json(loaded, tmp_path, monkeypatch, capsys) -> None:
     import json
 
-    from core import cli
-    from core.probes import save_probe
+    from core.cli import main as cli
+    from core.diagnose.probes import save_probe
 
     save_probe(tmp_path / "p", bundle())
-    monkeypatch.setattr(cli, "_load", lambda args: loaded)
-    monkeypatch.setattr("core.cli_live._load", lambda args: loaded)
+    monkeypatch.setattr("core.cli.common.load", lambda args: loaded)
     assert cli.main(["monitor", "--prompt", QUESTION, "--probe", str(tmp_path / "p"),
                      "--max-new-tokens", "40", "--temperature", "1"]) == 0
     out = capsys.readouterr().out
@@ -234,11 +233,11 @@ def test_backtrack_eval_command_writes_the_table_and_json(loaded, tmp_path, monk
 
     import pandas as pd
 
-    from core import cli
-    from core.probes import save_probe
+    from core.cli import main as cli
+    from core.diagnose.probes import save_probe
 
     save_probe(tmp_path / "p", bundle())
-    monkeypatch.setattr("core.cli_live._load", lambda args: loaded)
+    monkeypatch.setattr("core.cli.common.load", lambda args: loaded)
     assert cli.main(["backtrack-eval", "--probe", str(tmp_path / "p"), "--problems", "2",
                      "--max-new-tokens", "30", "--threshold", "0.3", "--out",
                      str(tmp_path / "rows.csv"), "--json"]) == 0

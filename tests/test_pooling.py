@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from core.pooling import (
+from core.runtime.pooling import (
     CAUSAL_GAMMA,
     POOLINGS,
     batch_span_weights,

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from core.evaluation import evaluation_report, score_capture
-from core.feature_store import CaptureSet
-from core.probe_training import TrainConfig, split_by_problem, train_probes
-from core.probes import (
+from core.diagnose.evaluation import evaluation_report, score_capture
+from core.diagnose.feature_store import CaptureSet
+from core.diagnose.probe_training import TrainConfig, split_by_problem, train_probes
+from core.diagnose.probes import (
     ChainFeatures,
     LinearProbe,
     ProbeBundle,
@@ -94,7 +94,7 @@ def test_tracker_learns_the_running_state() -> None:
     test = _chains(60, 1)
     scores = np.concatenate([tracker.scores(x) for x, _, _ in test])
     labels = np.concatenate([p for _, _, p in test])
-    from core.metrics import auroc
+    from core.diagnose.metrics import auroc
 
     assert auroc(labels.astype(int), scores) > 0.95
 
@@ -157,7 +157,7 @@ def test_sweep_picks_the_layer_with_the_signal_and_beats_noise() -> None:
 
 
 def test_layer_choice_ignores_a_final_auroc_resting_on_a_few_chains() -> None:
-    from core.probe_training import MIN_FINAL_CLASS, _score_for_choice
+    from core.diagnose.probe_training import MIN_FINAL_CLASS, _score_for_choice
 
     report = {"step_auroc": 0.8, "prefix_auroc": 0.9, "final_auroc": 0.5}
     few = {**report, "final_counts": {"positive": 200, "negative": 2}}

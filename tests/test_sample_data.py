@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from core.models import wrap_model
-from core.sample_data import make_arith_traces
-from core.traces import read_traces
+from core.data.sample_data import make_arith_traces
+from core.data.traces import read_traces
+from core.runtime.models import wrap_model
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 CHAT = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5 "
@@ -37,7 +37,7 @@ def test_interrupted_run_resumes_with_the_same_text(loaded, tmp_path, monkeypatc
                       max_new_tokens=8, batch_size=3)
     full = (tmp_path / "full.jsonl").read_text()
 
-    import core.sample_data as sd
+    import core.data.sample_data as sd
 
     calls = {"n": 0}
     original = sd.sample_responses

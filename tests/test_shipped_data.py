@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core.feature_store import traces_hash
-from core.label_audit import audit_agreement, read_audit
-from core.probes import load_probe
-from core.traces import read_traces
+from core.data.label_audit import audit_agreement, read_audit
+from core.data.traces import read_traces
+from core.diagnose.feature_store import traces_hash
+from core.diagnose.probes import load_probe
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
 TRAIN, TEST = SAMPLES / "arith_train.jsonl", SAMPLES / "arith_test.jsonl"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from core.signals import SIGNAL_NAMES, step_signals, token_entropy_nll
+from core.diagnose.signals import SIGNAL_NAMES, step_signals, token_entropy_nll
 
 VOCAB = 23
 

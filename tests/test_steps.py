@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from core.steps import CharSpan, Segmenter, split_steps, token_spans, token_step_index
+from core.data.steps import CharSpan, Segmenter, split_steps, token_spans, token_step_index
 
 CORPUS = [
     "The answer is 42. First, compute 3.5 + 2 = 5.5 and then check it.",

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from core.steps import Segmenter
-from core.traces import (
+from core.data.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from core.data.steps import Segmenter
+from core.data.traces import (
     SCHEMA_VERSION,
     FieldError,
     Step,

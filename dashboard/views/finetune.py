@@ -4,7 +4,7 @@ would push, and each example's conflicts; export per-token weights; then run a s
 EAFT comparison and see what each method learned and forgot.
 
 Thin by design: reading, scanning, the shares and the comparison are `core` calls
-(`core.finetune_data`, `core.conflicts`, `core.finetune`) made through
+(`core.control.finetune_data`, `core.control.conflicts`, `core.control.finetune`) made through
 `dashboard.finetune_state` (cached, and a background thread for the comparison); figures,
 tables, HTML and export bytes come from `dashboard.charts_finetune`.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.conflicts import (
+from core.control.conflicts import (
     ConflictScan,
     ConflictSummary,
     default_gates,
@@ -28,10 +28,10 @@ from core.conflicts import (
     token_gates,
     with_quadrants,
 )
-from core.eaft import LossConfig
-from core.entropy import NORMS, Cuts, Thresholds
-from core.finetune import METHODS
-from core.finetune_data import FinetuneExample, FinetuneLoad
+from core.control.eaft import LossConfig
+from core.control.entropy import NORMS, Cuts, Thresholds
+from core.control.finetune import METHODS
+from core.control.finetune_data import FinetuneExample, FinetuneLoad
 from dashboard import charts, state
 from dashboard import charts_finetune as cf
 from dashboard import finetune_state as fs

@@ -19,8 +19,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.concepts import ALL_TARGET_WORDS, BASELINE_WORDS, TARGET_WORDS
-from core.introspection import (
+from core.runtime.models import LoadedModel
+from core.sense.concepts import ALL_TARGET_WORDS, BASELINE_WORDS, TARGET_WORDS
+from core.sense.introspection import (
     CONTROLS,
     POSITION_MODES,
     SCALES,
@@ -29,8 +30,7 @@ from core.introspection import (
     TrialRun,
     sweep_summary,
 )
-from core.models import LoadedModel
-from core.prefill import PREFILL_ITEMS, prefill_summary
+from core.sense.prefill import PREFILL_ITEMS, prefill_summary
 from dashboard import charts_sense, state
 from dashboard import introspection_state as istate
 from dashboard.sidebar import request_model

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.monitor import MonitorConfig
-from core.probes import ProbeBundle, probe_paths
+from core.diagnose.monitor import MonitorConfig
+from core.diagnose.probes import ProbeBundle, probe_paths
 from dashboard import charts_live, live_state, state
 from dashboard import diagnose_state as dstate
 from dashboard.diagnose_state import ProbeFile

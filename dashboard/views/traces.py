@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.importers import FORMATS
-from core.metrics import auroc
-from core.steps import SEGMENT_MODES
-from core.traces import Trace, TraceLoad
+from core.data.importers import FORMATS
+from core.data.steps import SEGMENT_MODES
+from core.data.traces import Trace, TraceLoad
+from core.diagnose.metrics import auroc
 from dashboard import charts, charts_diagnose, diagnose_panels, probe_picker, state
 from dashboard.sidebar import request_model
 

@@ -1,0 +1,322 @@
+"""Linear probes on hidden states: the step probe (the smoke detector) and the prefix tracker (the
+running "has this chain gone wrong" state), their training, and their files.
+
+Step probe: c_step_t = sigmoid(w . z_t + b) on the L2-normalised step feature z_t, fitted with
+BCE + 1e-4 * ||params||^2 / 2 by LBFGS (100 iterations), as in the paper's released code.
+
+Prefix tracker: c_prefix_t = sigmoid(u . g_t + b') on the L2-normalised global causal feature g_t
+(paper mode: [g_t, c_step_t]), initialised from a plain BCE fit on prefix labels, then trained
+with AdamW on, per batch of chains,
+    L_anchor = mean_t w_t BCE(c_prefix_t, A_prefix_t),  w = lambda_final on a chain's last step
+    L_sync   = sum_t max(0, c_step_t - c_prefix_t)^2 * c_step_t^2 / (number of steps)
+    L        = L_anchor + lambda_sync * L_sync
+L_sync only punishes a missed alarm (the step probe fires, the tracker lags), never a high
+prefix score. Outcome-only data (no step labels) anchors only the last step and has no L_sync.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from core import __version__
+from core.data.atomic import atomic_path, atomic_write_text
+
+PROBE_VERSION = 1
+Progress = Callable[[int, int], None]
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.where(norms == 0, 1.0, norms)
+
+
+@dataclass(frozen=True, eq=False)
+class LinearProbe:
+    """sigmoid(w . x + b) on L2-normalised features; `extra_inputs` columns (e.g. c_step) are
+    appended after normalisation."""
+
+    weight: np.ndarray
+    bias: float
+    extra_inputs: int = 0
+
+    @property
+    def n_features(self) -> int:
+        return int(self.weight.shape[0]) - self.extra_inputs
+
+    def inputs(self, features: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        x = l2_normalize(np.asarray(features, dtype=np.float64))
+        if self.extra_inputs:
+            if extra is None:
+                raise ValueError("This probe takes the step score as an input; pass `extra`.")
+            x = np.concatenate([x, np.asarray(extra, dtype=np.float64).reshape(len(x), -1)], 1)
+        return x
+
+    def scores(self, features: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities in [0, 1], one per row."""
+        logits = self.inputs(features, extra) @ self.weight + self.bias
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _bce_l2_loss(module: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
+                 weights: torch.Tensor, l2: float) -> torch.Tensor:
+    logits = module(x).squeeze(-1)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, weight=weights)
+    return loss + l2 * sum(0.5 * p.pow(2).sum() for p in module.parameters())
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float = 1e-4,
+                 max_iter: int = 100, sample_weight: np.ndarray | None = None,
+                 extra: np.ndarray | None = None, seed: int = 0) -> LinearProbe:
+    """Regularised logistic regression by full-batch LBFGS (the released code's baseline fit)."""
+    n_extra = 0 if extra is None else np.asarray(extra).reshape(len(features), -1).shape[1]
+    probe_shape = LinearProbe(np.zeros(features.shape[1] + n_extra), 0.0, n_extra)
+    x = torch.from_numpy(probe_shape.inputs(features, extra))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    w = torch.ones_like(y) if sample_weight is None else torch.as_tensor(sample_weight,
+                                                                           dtype=torch.float64)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("Training labels hold a single class; a probe needs both 0 and 1.")
+    torch.manual_seed(seed)
+    module = torch.nn.Linear(x.shape[1], 1, dtype=torch.float64)
+    optimizer = torch.optim.LBFGS(module.parameters(), lr=1.0, max_iter=max_iter)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = _bce_l2_loss(module, x, y, w, l2)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return LinearProbe(module.weight.detach().numpy()[0].copy(), float(module.bias.detach()),
+                       n_extra)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Prefix-tracker training (defaults: the released code)."""
+
+    lambda_final: float = 30.0
+    lambda_sync: float = 120.0
+    lr: float = 1e-3
+    epochs: int = 20
+    batch_chains: int = 64
+    step_input: bool = False  # paper: c_step is an input at inference too; code: loss only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lambda_final <= 0 or self.lambda_sync < 0:
+            raise ValueError("lambda_final must be > 0 and lambda_sync >= 0.")
+        if self.epochs < 0 or self.batch_chains < 1 or self.lr <= 0:
+            raise ValueError("epochs >= 0, batch_chains >= 1 and lr > 0 are required.")
+
+
+@dataclass(frozen=True, eq=False)
+class ChainFeatures:
+    """One chain's training inputs, steps in order. Unknown labels are NaN."""
+
+    tracker_features: np.ndarray  # [steps, hidden] global causal feature
+    step_scores: np.ndarray | None  # c_step from the frozen step probe, [steps]
+    prefix_labels: np.ndarray  # [steps] floats, NaN where unknown
+
+
+def anchor_weights(prefix_labels: np.ndarray, lambda_final: float) -> np.ndarray:
+    """1 per step with a known prefix label, lambda_final on the last step, 0 where unknown."""
+    weights = np.where(np.isnan(prefix_labels), 0.0, 1.0)
+    if len(weights) and not np.isnan(prefix_labels[-1]):
+        weights[-1] = lambda_final
+    return weights
+
+
+def tracker_loss(prefix_logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                 step_scores: torch.Tensor | None, lambda_sync: float) -> torch.Tensor:
+    """L_anchor + lambda_sync * L_sync over a batch of concatenated chains (see module doc)."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        prefix_logits, torch.nan_to_num(labels, nan=0.0), reduction="none")
+    loss = (bce * weights).mean()
+    if step_scores is not None and lambda_sync > 0:
+        prefix = torch.sigmoid(prefix_logits)
+        missed = torch.relu(step_scores - prefix)
+        loss = loss + lambda_sync * (missed.pow(2) * step_scores.pow(2)).sum() / len(prefix)
+    return loss
+
+
+def train_tracker(chains: Sequence[ChainFeatures], config: TrackerConfig = TrackerConfig(),
+                  progress: Progress | None = None) -> LinearProbe:
+    """Fit the prefix tracker: a BCE start, then anchor + one-way sync loss (module doc)."""
+    if not chains:
+        raise ValueError("No chains to train the prefix tracker on.")
+    use_step = config.step_input
+    if use_step and any(c.step_scores is None for c in chains):
+        raise ValueError("step_input needs step scores for every chain.")
+    feats = np.concatenate([c.tracker_features for c in chains])
+    labels = np.concatenate([c.prefix_labels for c in chains])
+    weights = np.concatenate([anchor_weights(c.prefix_labels, 1.0) for c in chains])
+    step_all = (np.concatenate([c.step_scores for c in chains])
+                if all(c.step_scores is not None for c in chains) else None)
+    extra = step_all if use_step else None
+    known = weights > 0
+    start = fit_logistic(feats[known], labels[known],
+                         extra=None if extra is None else extra[known], seed=config.seed)
+    module = torch.nn.Linear(len(start.weight), 1, dtype=torch.float64)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(start.weight)[None])
+        module.bias.fill_(start.bias)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr)
+    rng = np.random.default_rng(config.seed)
+    prepared = []
+    for c in chains:
+        x = torch.from_numpy(start.inputs(c.tracker_features, c.step_scores if use_step else None))
+        s = None if c.step_scores is None else torch.tensor(c.step_scores, dtype=torch.float64)
+        prepared.append((x, torch.tensor(c.prefix_labels, dtype=torch.float64),
+                         torch.from_numpy(anchor_weights(c.prefix_labels, config.lambda_final)),
+                         s))
+    total = config.epochs * ((len(prepared) + config.batch_chains - 1) // config.batch_chains)
+    done = 0
+    for _ in range(config.epochs):
+        order = rng.permutation(len(prepared))
+        for lo in range(0, len(order), config.batch_chains):
+            batch = [prepared[i] for i in order[lo : lo + config.batch_chains]]
+            x = torch.cat([b[0] for b in batch])
+            y = torch.cat([b[1] for b in batch])
+            w = torch.cat([b[2] for b in batch])
+            s = None if any(b[3] is None for b in batch) else torch.cat(
+                [b[3] for b in batch])
+            optimizer.zero_grad()
+            loss = tracker_loss(module(x).squeeze(-1), y, w, s, config.lambda_sync)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if progress:
+                progress(done, total)
+    return LinearProbe(module.weight.detach().numpy()[0].copy(), float(module.bias.detach()),
+                       start.extra_inputs)
+
+
+@dataclass(frozen=True)
+class ProbeMeta:
+    """The JSON sidecar of a probe file: what it was made for, how, and how well it did."""
+
+    model: str
+    model_name: str
+    hidden_size: int
+    layer: int
+    step_pooling: str
+    tracker_pooling: str
+    baseline_pooling: str
+    step_input: bool
+    threshold: float  # prefix alarm threshold, calibrated on validation data
+    step_threshold: float
+    data_hash: str
+    tracker: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    telltale: str = __version__
+    probe_version: int = PROBE_VERSION
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeBundle:
+    """One probe file: the step probe, the prefix tracker and the global-mean baseline probes."""
+
+    meta: ProbeMeta
+    tracker: LinearProbe
+    step: LinearProbe | None = None
+    baseline_step: LinearProbe | None = None
+    baseline_prefix: LinearProbe | None = None
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        """Pooled features a capture must provide to score with this bundle."""
+        names = [self.meta.step_pooling, self.meta.tracker_pooling, self.meta.baseline_pooling]
+        return tuple(dict.fromkeys(names))
+
+    def score_chain(self, pooled: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """c_step, c_prefix and the baseline scores of one chain from its pooled features."""
+        out: dict[str, np.ndarray] = {}
+        step = None
+        if self.step is not None:
+            step = out["step"] = self.step.scores(pooled[self.meta.step_pooling])
+        out["prefix"] = self.tracker.scores(pooled[self.meta.tracker_pooling],
+                                            step if self.tracker.extra_inputs else None)
+        if self.baseline_step is not None:
+            out["baseline_step"] = self.baseline_step.scores(pooled[self.meta.baseline_pooling])
+        if self.baseline_prefix is not None:
+            out["baseline_prefix"] = self.baseline_prefix.scores(
+                pooled[self.meta.baseline_pooling])
+        return out
+
+    def check_model(self, model_spec: str, hidden_size: int) -> None:
+        """ValueError when this probe was made for another hidden size (a different model)."""
+        if hidden_size != self.meta.hidden_size:
+            raise ValueError(
+                f"This probe was made for {self.meta.model_name} (hidden size "
+                f"{self.meta.hidden_size}), but the model '{model_spec}' has hidden size "
+                f"{hidden_size}; train a probe for this model with `telltale train`.")
+
+
+_PARTS = ("step", "tracker", "baseline_step", "baseline_prefix")
+
+
+def probe_paths(path: str | Path) -> tuple[Path, Path]:
+    """(NAME.safetensors, NAME.json) for NAME, NAME.safetensors or NAME.json."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_probe(path: str | Path, bundle: ProbeBundle) -> tuple[Path, Path]:
+    """Write weights (safetensors) and the JSON sidecar, each atomically. Never pickle."""
+    weights_path, meta_path = probe_paths(path)
+    tensors: dict[str, torch.Tensor] = {}
+    extra_inputs: dict[str, int] = {}
+    for name in _PARTS:
+        probe = getattr(bundle, name)
+        if probe is not None:
+            tensors[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(probe.weight))
+            tensors[f"{name}.bias"] = torch.tensor([probe.bias], dtype=torch.float64)
+            extra_inputs[name] = probe.extra_inputs
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp))
+    sidecar = {**asdict(bundle.meta), "extra_inputs": extra_inputs}
+    atomic_write_text(meta_path, json.dumps(sidecar, indent=2, default=float) + "\n")
+    return weights_path, meta_path
+
+
+def load_probe(path: str | Path) -> ProbeBundle:
+    """Read a probe file pair; FileNotFoundError / ValueError say which file and what is wrong."""
+    weights_path, meta_path = probe_paths(path)
+    for file in (weights_path, meta_path):
+        if not file.is_file():
+            raise FileNotFoundError(f"Probe file {file} does not exist (a probe is a "
+                                    ".safetensors file with a .json sidecar of the same name).")
+    try:
+        sidecar = json.loads(meta_path.read_text(encoding="utf-8"))
+        extra_inputs = sidecar.pop("extra_inputs", {})
+        if sidecar.get("probe_version", 0) > PROBE_VERSION:
+            raise ValueError(f"it has probe_version {sidecar['probe_version']}, newer than "
+                             f"this Telltale reads ({PROBE_VERSION})")
+        meta = ProbeMeta(**sidecar)
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ValueError(f"Probe sidecar {meta_path} is not valid: {err}.") from None
+    tensors = load_file(str(weights_path))
+    parts: dict[str, LinearProbe] = {}
+    for name in _PARTS:
+        if f"{name}.weight" in tensors:
+            weight = tensors[f"{name}.weight"].numpy().astype(np.float64)
+            expected = meta.hidden_size + int(extra_inputs.get(name, 0))
+            if weight.shape != (expected,):
+                raise ValueError(f"Probe {weights_path}: '{name}' has {weight.shape[0]} weights, "
+                                 f"expected {expected} for hidden size {meta.hidden_size}.")
+            parts[name] = LinearProbe(weight, float(tensors[f"{name}.bias"][0]),
+                                      int(extra_inputs.get(name, 0)))
+    if "tracker" not in parts:
+        raise ValueError(f"Probe {weights_path} holds no prefix tracker.")
+    return ProbeBundle(meta=meta, **parts)
