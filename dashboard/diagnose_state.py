@@ -311,7 +311,7 @@ def file_report(score_key: str, k: int, _chains: Sequence[ScoredChain], threshol
     """`core.diagnose.evaluation.evaluation_report` of a scored file (JSON-ready: plain floats)."""
     report = evaluation_report(_chains, threshold, step_threshold, k=k,
                                n_resamples=BOOTSTRAP_RESAMPLES)
-    return dict(json.loads(json.dumps(report, default=_plain)))
+    return dict(json.loads(json.dumps(report.as_dict(), default=_plain)))
 
 
 def _plain(value: Any) -> Any:

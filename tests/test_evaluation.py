@@ -4,6 +4,8 @@ random model (the oracle: the model's own hidden states)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,7 @@ from core.diagnose.evaluation import (
     token_scores,
 )
 from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta
+from core.diagnose.report import FinalCounts
 from core.runtime.models import wrap_model
 from tests.tiny_models import HIDDEN, tiny_model, tiny_tokenizer
 
@@ -82,8 +85,11 @@ def test_intervals_bracket_a_perfect_probe_and_its_lead() -> None:
     lead = found["lead"]["mean_entropy"]
     assert lead["step_auroc"][0] > 0 and lead["final_auroc"][0] > 0
     report = evaluation_report(chains, n_resamples=50)
-    assert report["final_counts"] == {"positive": 20, "negative": 10}
-    assert "intervals" in report and "intervals" not in evaluation_report(chains)
+    assert report.final_counts == FinalCounts(positive=20, negative=10)
+    assert report.intervals is not None and evaluation_report(chains).intervals is None
+    as_json = report.as_dict()
+    assert as_json["final_counts"] == {"positive": 20, "negative": 10}
+    assert "intervals" in as_json and "intervals" not in evaluation_report(chains).as_dict()
 
 
 def test_ranking_inputs_keep_known_labels_per_level() -> None:
@@ -119,9 +125,9 @@ def test_roc_curves_match_the_report_and_hand_counts() -> None:
     assert probe.fpr.tolist() == [0.0, 0.0, 1 / 3, 2 / 3, 1.0]
     assert probe.tpr.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]
     report = evaluation_report(chains, threshold=0.5)
-    assert curves[PROBE_NAME].auroc == report["step_auroc"]
-    assert curves["mean_entropy"].auroc == report["baselines"]["mean_entropy"]["step_auroc"]
-    assert roc_curves(chains, "final")[PROBE_NAME].auroc == report["final_auroc"]
+    assert curves[PROBE_NAME].auroc == report.probes.step_auroc
+    assert curves["mean_entropy"].auroc == report.baselines["mean_entropy"].step_auroc
+    assert roc_curves(chains, "final")[PROBE_NAME].auroc == report.probes.final_auroc
 
 
 def test_roc_curves_leave_out_a_single_class() -> None:
@@ -186,3 +192,15 @@ def test_token_scores_need_a_step_probe_and_the_right_model() -> None:
     other = replace(bundle, meta=replace(bundle.meta, hidden_size=64))
     with pytest.raises(ValueError, match="hidden size 64"):
         token_scores(loaded, other, trace)
+
+
+def test_report_as_dict_keeps_the_json_keys_of_evaluate() -> None:
+    report = evaluation_report(two_chains(), threshold=0.5, step_threshold=0.5).as_dict()
+    assert list(report) == ["n_chains", "n_steps", "threshold", "step_auroc", "step_auprc",
+                            "prefix_auroc", "final_auroc", "step_f1", "final_counts",
+                            "baselines", "dynamic", "residual_time", "recovery"]
+    assert set(report["baselines"]["mean_entropy"]) == {"step_auroc", "step_auprc",
+                                                        "prefix_auroc", "final_auroc"}
+    assert set(report["recovery"]) == {"k", "n_chains", "n_correct", "share_correct", "ci_low",
+                                       "ci_high"}
+    assert json.loads(json.dumps(report)) == report

@@ -1,5 +1,6 @@
-"""Tests for core.diagnose.metrics: scikit-learn as the oracle for ranking metrics, hand-computed answers
-for the dynamic metrics, residual time and recovery statistic, textbook Wilson intervals."""
+"""Tests for core.diagnose.metrics: scikit-learn as the oracle for ranking metrics,
+hand-computed answers for the dynamic metrics, residual time and recovery statistic, textbook
+Wilson intervals."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
+from core.data.stats import wilson_interval
 from core.diagnose.metrics import (
     ChainScores,
     auprc,
@@ -19,7 +21,6 @@ from core.diagnose.metrics import (
     residual_time,
     roc_curve_points,
     summarize_binary,
-    wilson_interval,
 )
 
 # ---------------------------------------------------------------------------------------------

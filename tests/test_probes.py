@@ -4,6 +4,7 @@ captures with a planted hallucination direction (no model needed)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import torch
 
 from core.diagnose.evaluation import evaluation_report, score_capture
 from core.diagnose.feature_store import CaptureSet
+from core.diagnose.metrics import RecoveryStat
 from core.diagnose.probe_training import TrainConfig, split_by_problem, train_probes
 from core.diagnose.probes import (
     ChainFeatures,
@@ -26,6 +28,7 @@ from core.diagnose.probes import (
     tracker_loss,
     train_tracker,
 )
+from core.diagnose.report import RANKING_KEYS, EvaluationReport, FinalCounts, Ranking
 
 HIDDEN = 16
 
@@ -151,20 +154,27 @@ def test_sweep_picks_the_layer_with_the_signal_and_beats_noise() -> None:
     assert sweep.loc[2, "step_auroc"] > 0.9 > sweep.loc[1, "step_auroc"]
     assert 0 < result.bundle.meta.threshold < 1
     report = evaluation_report(score_capture(result.bundle, capture), result.bundle.meta.threshold)
-    assert report["step_auroc"] > report["baselines"]["mean_entropy"]["step_auroc"]
-    assert set(report["dynamic"]) == {"Snap_M", "Lag", "ICR", "Brake_S", "Ling_T", "Heal_3",
-                                      "R_Score", "FP_Len"}
+    assert report.probes.step_auroc > report.baselines["mean_entropy"].step_auroc
+    assert set(report.dynamic_dict()) == {"Snap_M", "Lag", "ICR", "Brake_S", "Ling_T",
+                                          "Heal_3", "R_Score", "FP_Len"}
+    assert result.report.probes == Ranking(**{k: result.sweep.set_index("layer").loc[2, k]
+                                              for k in RANKING_KEYS})
 
 
 def test_layer_choice_ignores_a_final_auroc_resting_on_a_few_chains() -> None:
     from core.diagnose.probe_training import MIN_FINAL_CLASS, _score_for_choice
 
-    report = {"step_auroc": 0.8, "prefix_auroc": 0.9, "final_auroc": 0.5}
-    few = {**report, "final_counts": {"positive": 200, "negative": 2}}
-    enough = {**report, "final_counts": {"positive": 50, "negative": MIN_FINAL_CLASS}}
-    assert _score_for_choice(few) == pytest.approx(0.85)  # step and every-step prefix
-    assert _score_for_choice(enough) == pytest.approx(0.65)  # step and final
-    assert _score_for_choice({"step_auroc": None, "prefix_auroc": None}) == float("-inf")
+    ranking = Ranking(step_auroc=0.8, prefix_auroc=0.9, final_auroc=0.5)
+
+    def report(positive: int, negative: int, probes: Ranking = ranking) -> EvaluationReport:
+        return EvaluationReport(n_chains=1, n_steps=1, threshold=0.5, probes=probes,
+                                step_f1=None, final_counts=FinalCounts(positive, negative),
+                                baselines={}, dynamic=None, residual_time=None,
+                                recovery=RecoveryStat(5, 0, 0, None, None, None))
+
+    assert _score_for_choice(report(200, 2)) == pytest.approx(0.85)  # step, every-step prefix
+    assert _score_for_choice(report(50, MIN_FINAL_CLASS)) == pytest.approx(0.65)  # step, final
+    assert _score_for_choice(report(50, 50, Ranking())) == float("-inf")
 
 
 def test_report_without_step_labels_gives_null_not_zero() -> None:
@@ -177,9 +187,9 @@ def test_report_without_step_labels_gives_null_not_zero() -> None:
     result = train_probes(outcome_only, [2], TrainConfig(tracker=TrackerConfig(epochs=2)))
     assert result.bundle.step is None
     report = evaluation_report(score_capture(result.bundle, outcome_only), 0.5)
-    assert report["step_auroc"] is None and report["step_auprc"] is None
-    assert report["final_auroc"] is not None
-    assert report["dynamic"]["Lag"] is None
+    assert report.probes.step_auroc is None and report.probes.step_auprc is None
+    assert report.probes.final_auroc is not None
+    assert report.dynamic_dict()["Lag"] is None
 
 
 def _bundle(hidden: int = HIDDEN) -> ProbeBundle:
@@ -214,10 +224,55 @@ def test_probe_for_another_model_is_a_clear_error(tmp_path) -> None:
     sidecar = json.loads((tmp_path / "p.json").read_text())
     sidecar["hidden_size"] = 32
     (tmp_path / "p.json").write_text(json.dumps(sidecar))
-    with pytest.raises(ValueError, match="expected 32"):
+    with pytest.raises(ValueError, match=r"expected \(32,\)"):
         load_probe(tmp_path / "p")
     (tmp_path / "p.json").write_text("{not json")
     with pytest.raises(ValueError, match="p.json is not valid"):
         load_probe(tmp_path / "p")
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_probe(tmp_path / "missing")
+
+
+def test_probe_bytes_round_trip_and_match_the_files(tmp_path: Path) -> None:
+    from core.diagnose.probes import probe_from_bytes, probe_to_bytes
+
+    bundle = _bundle_for_bytes()
+    weights, sidecar = probe_to_bytes(bundle)
+    weights_path, sidecar_path = save_probe(tmp_path / "p", bundle)
+    assert weights_path.read_bytes() == weights and sidecar_path.read_bytes() == sidecar
+    back = probe_from_bytes(weights, sidecar)
+    assert back.meta == bundle.meta
+    np.testing.assert_array_equal(back.tracker.weight, bundle.tracker.weight)
+    assert back.tracker.bias == bundle.tracker.bias
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda w, s: (w, b"[1, 2]"), "must be a JSON object"),
+    (lambda w, s: (w, b"{not json"), "not valid JSON"),
+    (lambda w, s: (b"garbage", s), "not a Telltale probe's weights file"),
+    (lambda w, s: (w, s.replace(b'"hidden_size": 4', b'"hidden_size": "4"')), "hidden_size"),
+    (lambda w, s: (w, s.replace(b'"threshold": 0.5', b'"threshold": 7')), "threshold"),
+])
+def test_probe_from_bytes_refuses_what_is_not_a_probe(change, message) -> None:
+    from core.diagnose.probes import probe_from_bytes, probe_to_bytes
+
+    weights, sidecar = change(*probe_to_bytes(_bundle_for_bytes()))
+    with pytest.raises(ValueError, match=message):
+        probe_from_bytes(weights, sidecar, name="upload")
+
+
+def test_probe_from_bytes_refuses_non_finite_weights() -> None:
+    from core.diagnose.probes import probe_from_bytes, probe_to_bytes
+
+    bundle = _bundle_for_bytes()
+    broken = ProbeBundle(meta=bundle.meta, tracker=LinearProbe(np.full(4, np.nan), 0.0))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        probe_from_bytes(*probe_to_bytes(broken))
+
+
+def _bundle_for_bytes() -> ProbeBundle:
+    meta = ProbeMeta(model="m", model_name="m", hidden_size=4, layer=1, step_pooling="exp",
+                     tracker_pooling="causal", baseline_pooling="prefix_mean", step_input=False,
+                     threshold=0.5, step_threshold=0.5, data_hash="x")
+    return ProbeBundle(meta=meta, tracker=LinearProbe(np.arange(4.0), 0.25),
+                       step=LinearProbe(np.ones(4), -1.0))

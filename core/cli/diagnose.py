@@ -86,12 +86,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     with progress_bar("train", unit="layer") as update:
         result = train_probes(capture, layers, config, progress=update)
     weights, meta = save_probe(args.out, result.bundle)
-    report = result.bundle.meta.metrics["validation"]
+    report = result.report.probes
     if len(layers) > 1:
         print(result.sweep.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"Layer {result.bundle.meta.layer}: validation step AUROC "
-          f"{common.fmt(report['step_auroc'])}, "
-          f"final-prefix AUROC {common.fmt(report['final_auroc'])}, "
+          f"{common.fmt(report.step_auroc)}, "
+          f"final-prefix AUROC {common.fmt(report.final_auroc)}, "
           f"threshold {result.bundle.meta.threshold:.3f} ({result.n_train_chains} train / "
           f"{result.n_val_chains} validation chains). Saved {weights} and {meta}.")
     return 0
@@ -121,26 +121,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluation_report(chains, threshold, bundle.meta.step_threshold, k=args.k,
                                n_resamples=args.bootstrap)
     if args.json:
-        print(json.dumps(report, default=float))
+        print(json.dumps(report.as_dict(), default=float))
         return 0
-    counts = report["final_counts"]
-    print(f"{report['n_chains']} chains, {report['n_steps']} steps, layer {bundle.meta.layer}, "
-          f"threshold {threshold:.3f}; final step: {counts['positive']} chains gone wrong, "
-          f"{counts['negative']} sound")
-    intervals = report.get("intervals")
+    counts = report.final_counts
+    print(f"{report.n_chains} chains, {report.n_steps} steps, layer {bundle.meta.layer}, "
+          f"threshold {threshold:.3f}; final step: {counts.positive} chains gone wrong, "
+          f"{counts.negative} sound")
+    intervals = report.intervals
     header = f"{'scores':<20}{'step AUROC':>12}{'step AUPRC':>12}{'prefix AUROC':>14}" \
              f"{'final AUROC':>13}"
     print(header + ("  (95% bootstrap intervals over chains)" if intervals else ""))
-    for name, row in [("probes", report), *report["baselines"].items()]:
-        line = (f"{name:<20}{common.fmt(row['step_auroc']):>12}{common.fmt(row['step_auprc']):>12}"
-                f"{common.fmt(row['prefix_auroc']):>14}{common.fmt(row['final_auroc']):>13}")
+    for name, row in [("probes", report.probes), *report.baselines.items()]:
+        line = (f"{name:<20}{common.fmt(row.step_auroc):>12}{common.fmt(row.step_auprc):>12}"
+                f"{common.fmt(row.prefix_auroc):>14}{common.fmt(row.final_auroc):>13}")
         if intervals:
             ci = intervals["probe"] if name == "probes" else intervals["baselines"][name]
             line += f"  step {_fmt_ci(ci['step_auroc'])}, final {_fmt_ci(ci['final_auroc'])}"
         print(line)
-    print("dynamic: " + ", ".join(f"{k} {common.fmt(v)}" for k, v in report["dynamic"].items()))
-    rec = report["recovery"]
-    print(f"recovery (k={rec['k']}): {rec['n_correct']}/{rec['n_chains']} still correct")
+    print("dynamic: " + ", ".join(f"{k} {common.fmt(v)}"
+                                  for k, v in report.dynamic_dict().items()))
+    rec = report.recovery
+    print(f"recovery (k={rec.k}): {rec.n_correct}/{rec.n_chains} still correct")
     return 0
 
 

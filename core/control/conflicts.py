@@ -5,8 +5,8 @@ already knows (confident conflicts), with the share of loss and gradient pressur
     summary = summarise_conflicts(scan.tokens)              # quadrant shares, as in eaft-stats
     strongest = with_quadrants(scan.tokens).query("quadrant == 'confident_conflict'")
 
-The maths is `core.control.entropy` (statistics, quadrants) and `core.control.eaft` (the gates); this module only
-batches the examples through the model and lays the results out as tables.
+The maths is `core.control.entropy` (statistics, quadrants) and `core.control.eaft` (the
+gates); this module only batches the examples through the model and lays the results out as tables.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ trainer counts the tokens of the whole accumulated batch):
     loss = sum_t w_t * CE_t / N   (+ beta * sum_t KL_t / N for "sft_kl")
 with the gate w_t computed WITHOUT gradient (detached) from the model's own prediction:
     sft        w = 1
-    eaft       w = H~^alpha                      (H~: normalised top-K entropy, `core.control.entropy`)
+    eaft       w = H~^alpha       (H~: normalised top-K entropy, `core.control.entropy`)
     hard_mask  w = 1[H~ > the `mask_percentile` percentile of H~ in the batch]
     sigmoid    w = sigmoid(scale * (H~ - center))          scale 30, center 0.17
     sft_kl     w = 1, plus KL(p_model || p_base) over the full vocabulary, base frozen

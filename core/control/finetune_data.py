@@ -10,8 +10,8 @@ Optional keys:
     "id":        string or integer; default "{file stem}-{line}".
     "new_facts": true (the whole response states new facts), false (none; the default), or a
                  list of strings, each a substring of the response that states a new fact. Only
-                 the three-way gate of `core.control.eaft` reads it: a confident conflict on a marked
-                 token is overridden (learned), elsewhere it is protected.
+                 the three-way gate of `core.control.eaft` reads it: a confident conflict on
+                 a marked token is overridden (learned), elsewhere it is protected.
     "answer":    string or number, the checkable final answer (accuracy in `core.control.finetune`);
                  "a|b" lists accepted alternatives.
 Any other key is kept in `FinetuneExample.extra`.
@@ -390,7 +390,8 @@ def collate(batch: Sequence[EncodedExample], pad_id: int,
     """Right-padded input_ids, attention_mask, labels (-100 on padding) and new_fact_mask.
 
     Shapes: [batch, longest] each; new_fact_mask is bool and left out with with_new_facts=False
-    (a model's forward does not accept it; `core.control.eaft_trainer` takes it out before the model).
+    (a model's forward does not accept it; `core.control.eaft_trainer` takes it out before the
+    model).
     """
     if not batch:
         raise ValueError("Cannot collate an empty batch.")

@@ -1,5 +1,6 @@
 """Read other datasets' files as Telltale traces: each record is mapped to the native trace
-object (see `core.data.traces`) and built by `trace_from_dict`, so every format gets the same checks.
+object (see `core.data.traces`) and built by `trace_from_dict`, so every format gets the same
+checks.
 
 Formats (`import_traces(format=...)`; "auto" looks at the first JSON object):
 - native: Telltale's own JSONL, read by `read_traces` unchanged (sources kept as written).

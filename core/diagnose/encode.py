@@ -1,8 +1,8 @@
 """Lay a trace out for teacher forcing: prompt (through the chat template) + response, with the
 token span of every step.
 
-Each response token belongs to exactly one step (`core.data.steps.token_step_index`): the newline that
-ends a step is part of it, as it is when the model writes the step while streaming.
+Each response token belongs to exactly one step (`core.data.steps.token_step_index`): the
+newline that ends a step is part of it, as it is when the model writes the step while streaming.
 """
 
 from __future__ import annotations

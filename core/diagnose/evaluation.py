@@ -36,6 +36,7 @@ from core.diagnose.metrics import (
     roc_curve_points,
 )
 from core.diagnose.probes import ProbeBundle
+from core.diagnose.report import EvaluationReport, FinalCounts, Ranking
 from core.runtime.capture import record_residual
 from core.runtime.models import LoadedModel
 
@@ -145,22 +146,21 @@ def _known(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return labels[keep].astype(int), scores[keep]
 
 
-def _ranking(chains: Sequence[ScoredChain], step_of: Any, prefix_of: Any) -> dict[str, Any]:
+def _ranking(chains: Sequence[ScoredChain], step_of: Any, prefix_of: Any) -> Ranking:
     """AUROC/AUPRC of step scores on step labels, prefix scores on prefix labels (all steps and
     the final step). `step_of` / `prefix_of` pick the scores from a chain (or None)."""
-    out: dict[str, Any] = {"step_auroc": None, "step_auprc": None}
+    step_auroc = step_auprc = None
     step_parts = [(c.step_labels, step_of(c)) for c in chains if step_of(c) is not None]
     if step_parts:
         y, s = _known(np.concatenate([p[0] for p in step_parts]),
                       np.concatenate([p[1] for p in step_parts]))
-        out["step_auroc"], out["step_auprc"] = auroc(y, s), auprc(y, s)
+        step_auroc, step_auprc = auroc(y, s), auprc(y, s)
     y, s = _known(np.concatenate([c.prefix_labels for c in chains]),
                   np.concatenate([prefix_of(c) for c in chains]))
-    out["prefix_auroc"] = auroc(y, s)
+    prefix_auroc = auroc(y, s)
     y, s = _known(np.array([c.prefix_labels[-1] for c in chains]),
                   np.array([prefix_of(c)[-1] for c in chains]))
-    out["final_auroc"] = auroc(y, s)
-    return out
+    return Ranking(step_auroc, step_auprc, prefix_auroc, auroc(y, s))
 
 
 def ranking_intervals(chains: Sequence[ScoredChain], n_resamples: int = 1000,
@@ -224,52 +224,39 @@ def _fully_labelled(chain: ScoredChain) -> bool:
 
 def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
                       step_threshold: float | None = None, k: int = 5,
-                      n_resamples: int = 0) -> dict[str, Any]:
-    """The `telltale evaluate --json` report. A key the data cannot support is None, never 0.
+                      n_resamples: int = 0) -> EvaluationReport:
+    """The `telltale evaluate` report (`.as_dict()` is its --json). A value the data cannot
+    support is None, never 0.
 
-    "final_counts" holds the final step's class counts, which say how far the final-prefix
-    AUROC can be trusted; with `n_resamples` > 0 "intervals" adds `ranking_intervals`."""
+    `final_counts` holds the final step's class counts, which say how far the final-prefix
+    AUROC can be trusted; with `n_resamples` > 0, `intervals` holds `ranking_intervals`."""
     if not chains:
         raise ValueError("No chain to evaluate.")
-    report: dict[str, Any] = {"n_chains": len(chains),
-                              "n_steps": int(sum(c.n_steps for c in chains)),
-                              "threshold": threshold}
-    report.update(_ranking(chains, lambda c: c.step_scores, lambda c: c.prefix_scores))
-    report["step_f1"] = None
+    step_f1 = None
     if step_threshold is not None and chains[0].step_scores is not None:
         y, s = _known(np.concatenate([c.step_labels for c in chains]),
                       np.concatenate([c.step_scores for c in chains]))
-        report["step_f1"] = f1_at(y, s, step_threshold) if len(y) else None
+        step_f1 = f1_at(y, s, step_threshold) if len(y) else None
     finals = [c.prefix_labels[-1] for c in chains if not np.isnan(c.prefix_labels[-1])]
-    report["final_counts"] = {"positive": int(sum(finals)),
-                              "negative": int(len(finals) - sum(finals))}
-    if n_resamples > 0:
-        report["intervals"] = ranking_intervals(chains, n_resamples)
-    report["baselines"] = {}
-    for name in BASELINE_NAMES:
-        if name in chains[0].baselines_prefix:
-            report["baselines"][name] = _ranking(
-                chains, lambda c, n=name: c.baselines_step.get(n),
-                lambda c, n=name: c.baselines_prefix[n])
-    labelled = [c for c in chains if _fully_labelled(c)]
+    baselines = {name: _ranking(chains, lambda c, n=name: c.baselines_step.get(n),
+                                lambda c, n=name: c.baselines_prefix[n])
+                 for name in BASELINE_NAMES if name in chains[0].baselines_prefix}
     metric_chains = [
         ChainScores(prefix_scores=c.prefix_scores, prefix_labels=c.prefix_labels.astype(int),
                     step_labels=None if np.isnan(c.step_labels).any()
                     else c.step_labels.astype(int), is_correct=c.is_correct)
-        for c in labelled]
-    if metric_chains:
-        report["dynamic"] = dynamic_metrics(metric_chains, threshold).as_dict()
-        report["residual_time"] = residual_time(metric_chains, threshold).summary()
-    else:
-        report["dynamic"] = dict.fromkeys(
-            ("Snap_M", "Lag", "ICR", "Brake_S", "Ling_T", "Heal_3", "R_Score", "FP_Len"))
-        report["residual_time"] = None
-    recovery = recovery_statistic(metric_chains, k=k)
-    report["recovery"] = {"k": recovery.k, "n_chains": recovery.n_chains,
-                          "n_correct": recovery.n_correct,
-                          "share_correct": recovery.share_correct,
-                          "ci_low": recovery.ci_low, "ci_high": recovery.ci_high}
-    return report
+        for c in chains if _fully_labelled(c)]
+    return EvaluationReport(
+        n_chains=len(chains), n_steps=int(sum(c.n_steps for c in chains)), threshold=threshold,
+        probes=_ranking(chains, lambda c: c.step_scores, lambda c: c.prefix_scores),
+        step_f1=step_f1,
+        final_counts=FinalCounts(positive=int(sum(finals)),
+                                 negative=int(len(finals) - sum(finals))),
+        baselines=baselines,
+        dynamic=dynamic_metrics(metric_chains, threshold) if metric_chains else None,
+        residual_time=residual_time(metric_chains, threshold) if metric_chains else None,
+        recovery=recovery_statistic(metric_chains, k=k),
+        intervals=ranking_intervals(chains, n_resamples) if n_resamples > 0 else None)
 
 
 def scores_table(chains: Sequence[ScoredChain], threshold: float) -> pd.DataFrame:

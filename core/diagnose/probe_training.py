@@ -27,6 +27,7 @@ from core.diagnose.probes import (
     fit_logistic,
     train_tracker,
 )
+from core.diagnose.report import EvaluationReport
 
 TRAIN_POOLINGS = ("exp", "exp3", "mean", "last")
 
@@ -127,8 +128,10 @@ def train_at_layer(capture: CaptureSet, layer: int, train_ids: Sequence[str],
 
 
 def calibrate(bundle: ProbeBundle, capture: CaptureSet, val_ids: Sequence[str],
-              extra_meta: dict[str, Any] | None = None) -> ProbeBundle:
-    """Set the alarm thresholds (F1-optimal on validation) and record validation metrics."""
+              extra_meta: dict[str, Any] | None = None
+              ) -> tuple[ProbeBundle, EvaluationReport]:
+    """Set the alarm thresholds (F1-optimal on validation) and record validation metrics (in
+    the sidecar's `metrics["validation"]`); returns the bundle and its validation report."""
     chains = score_capture(bundle, capture, val_ids)
     prefix_y = np.concatenate([c.prefix_labels for c in chains])
     prefix_s = np.concatenate([c.prefix_scores for c in chains])
@@ -141,16 +144,16 @@ def calibrate(bundle: ProbeBundle, capture: CaptureSet, val_ids: Sequence[str],
         known = ~np.isnan(step_y)
         step_threshold = calibrate_threshold(step_y[known].astype(int), step_s[known])
     report = evaluation_report(chains, threshold, step_threshold)
-    metrics = {"validation": report, **(extra_meta or {})}
+    metrics = {"validation": report.as_dict(), **(extra_meta or {})}
     meta = replace(bundle.meta, threshold=threshold, step_threshold=step_threshold,
                    metrics=metrics)
-    return replace(bundle, meta=meta)
+    return replace(bundle, meta=meta), report
 
 
 MIN_FINAL_CLASS = 10  # chains of each class the final-prefix AUROC needs to rank layers
 
 
-def _score_for_choice(report: dict[str, Any]) -> float:
+def _score_for_choice(report: EvaluationReport) -> float:
     """How a layer is ranked on validation: mean of step AUROC and a prefix AUROC.
 
     The prefix part is the final-prefix AUROC when the validation chains hold at least
@@ -158,16 +161,18 @@ def _score_for_choice(report: dict[str, Any]) -> float:
     AUROC moves in steps of 1/(n_pos n_neg) on a handful of chains and would pick the layer by
     chance, so the prefix AUROC over every step stands in for it.
     """
-    counts = report.get("final_counts") or {}
-    enough = min(counts.get("positive", 0), counts.get("negative", 0)) >= MIN_FINAL_CLASS
-    prefix = report.get("final_auroc") if enough else report.get("prefix_auroc")
-    values = [v for v in (report.get("step_auroc"), prefix) if v is not None]
+    counts = report.final_counts
+    enough = min(counts.positive, counts.negative) >= MIN_FINAL_CLASS
+    ranking = report.probes
+    prefix = ranking.final_auroc if enough else ranking.prefix_auroc
+    values = [v for v in (ranking.step_auroc, prefix) if v is not None]
     return float(np.mean(values)) if values else float("-inf")
 
 
 @dataclass(frozen=True)
 class TrainResult:
     bundle: ProbeBundle
+    report: EvaluationReport  # the chosen layer's, on the validation chains
     sweep: pd.DataFrame  # one row per layer tried: validation metrics
     n_train_chains: int
     n_val_chains: int
@@ -180,22 +185,21 @@ def train_probes(capture: CaptureSet, layers: Sequence[int], config: TrainConfig
         raise ValueError("Give a layer to train at, or layers to sweep.")
     train_ids, val_ids = split_by_problem(capture.index, config.val_share, config.seed)
     rows = []
-    best: tuple[float, ProbeBundle] | None = None
+    best: tuple[float, ProbeBundle, EvaluationReport] | None = None
     for number, layer in enumerate(layers):
-        bundle = calibrate(train_at_layer(capture, layer, train_ids, config), capture, val_ids)
-        report = bundle.meta.metrics["validation"]
-        rows.append({"layer": layer, **{k: report[k] for k in (
-            "step_auroc", "step_auprc", "prefix_auroc", "final_auroc")},
-            "threshold": bundle.meta.threshold})
+        bundle, report = calibrate(train_at_layer(capture, layer, train_ids, config), capture,
+                                   val_ids)
+        rows.append({"layer": layer, **report.probes.as_dict(),
+                     "threshold": bundle.meta.threshold})
         score = _score_for_choice(report)
         if best is None or score > best[0]:
-            best = (score, bundle)
+            best = (score, bundle, report)
         if progress:
             progress(number + 1, len(layers))
     assert best is not None
     sweep = pd.DataFrame(rows)
-    chosen = best[1]
+    _, chosen, report = best
     metrics = {**chosen.meta.metrics, "sweep": rows if len(layers) > 1 else [],
                "n_train_chains": len(train_ids), "n_val_chains": len(val_ids)}
     chosen = replace(chosen, meta=replace(chosen.meta, metrics=metrics))
-    return TrainResult(chosen, sweep, len(train_ids), len(val_ids))
+    return TrainResult(chosen, report, sweep, len(train_ids), len(val_ids))

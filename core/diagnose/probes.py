@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from core import __version__
-from core.data.atomic import atomic_path, atomic_write_text
+from core.data.atomic import atomic_path
 
 PROBE_VERSION = 1
 Progress = Callable[[int, int], None]
@@ -272,9 +272,8 @@ def probe_paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def save_probe(path: str | Path, bundle: ProbeBundle) -> tuple[Path, Path]:
-    """Write weights (safetensors) and the JSON sidecar, each atomically. Never pickle."""
-    weights_path, meta_path = probe_paths(path)
+def probe_to_bytes(bundle: ProbeBundle) -> tuple[bytes, bytes]:
+    """(weights as safetensors bytes, the JSON sidecar's bytes): the two files of a probe."""
     tensors: dict[str, torch.Tensor] = {}
     extra_inputs: dict[str, int] = {}
     for name in _PARTS:
@@ -283,11 +282,99 @@ def save_probe(path: str | Path, bundle: ProbeBundle) -> tuple[Path, Path]:
             tensors[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(probe.weight))
             tensors[f"{name}.bias"] = torch.tensor([probe.bias], dtype=torch.float64)
             extra_inputs[name] = probe.extra_inputs
-    with atomic_path(weights_path) as tmp:
-        save_file(tensors, str(tmp))
     sidecar = {**asdict(bundle.meta), "extra_inputs": extra_inputs}
-    atomic_write_text(meta_path, json.dumps(sidecar, indent=2, default=float) + "\n")
+    return save(tensors), (json.dumps(sidecar, indent=2, default=float) + "\n").encode("utf-8")
+
+
+def save_probe(path: str | Path, bundle: ProbeBundle) -> tuple[Path, Path]:
+    """Write weights (safetensors) and the JSON sidecar, each atomically. Never pickle."""
+    weights_path, meta_path = probe_paths(path)
+    weights, sidecar = probe_to_bytes(bundle)
+    with atomic_path(weights_path) as tmp:
+        tmp.write_bytes(weights)
+    with atomic_path(meta_path) as tmp:
+        tmp.write_bytes(sidecar)
     return weights_path, meta_path
+
+
+def _meta_from_sidecar(sidecar_bytes: bytes, sidecar_name: str) -> tuple[ProbeMeta, dict]:
+    """The sidecar's ProbeMeta and its extra_inputs; ValueError naming the file and field."""
+    try:
+        sidecar = json.loads(sidecar_bytes.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"Probe sidecar {sidecar_name} is not valid JSON ({err}).") from None
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"Probe sidecar {sidecar_name} must be a JSON object (the file "
+                         f"`telltale train` writes), not a {type(sidecar).__name__}.")
+    extra_inputs = sidecar.pop("extra_inputs", {})
+    if not isinstance(extra_inputs, dict) or not all(
+            isinstance(v, int) and 0 <= v <= 1 for v in extra_inputs.values()):
+        raise ValueError(f"Probe sidecar {sidecar_name}, field 'extra_inputs': expected an "
+                         "object of 0/1 counts per probe part.")
+    version = sidecar.get("probe_version", 0)
+    if isinstance(version, int) and version > PROBE_VERSION:
+        raise ValueError(f"Probe sidecar {sidecar_name} has probe_version {version}, newer "
+                         f"than this Telltale reads ({PROBE_VERSION}).")
+    try:
+        meta = ProbeMeta(**sidecar)
+    except TypeError as err:
+        raise ValueError(f"Probe sidecar {sidecar_name} is not valid: {err}.") from None
+    for name, kind in _META_TYPES.items():
+        value = getattr(meta, name)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise ValueError(f"Probe sidecar {sidecar_name}, field '{name}': expected "
+                             f"{kind.__name__}, got {json.dumps(value)[:80]}.")
+    if meta.hidden_size < 1 or meta.layer < 0:
+        raise ValueError(f"Probe sidecar {sidecar_name}: hidden_size must be positive and "
+                         "layer not negative.")
+    for name in ("threshold", "step_threshold"):
+        if not 0.0 <= float(getattr(meta, name)) <= 1.0:
+            raise ValueError(f"Probe sidecar {sidecar_name}, field '{name}': must lie in [0, 1].")
+    return meta, extra_inputs
+
+
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": str, "model_name": str, "hidden_size": int, "layer": int, "step_pooling": str,
+    "tracker_pooling": str, "baseline_pooling": str, "step_input": bool,
+    "threshold": (int, float), "step_threshold": (int, float), "data_hash": str,
+    "tracker": dict, "metrics": dict}
+
+
+def probe_from_bytes(weights: bytes, sidecar: bytes, name: str = "probe") -> ProbeBundle:
+    """A probe from its two files' bytes (`name` names the files in error messages).
+
+    Raises ValueError with one sentence for anything that is not a probe file pair: a sidecar
+    that is not the JSON `telltale train` writes, weights that are not safetensors, or parts
+    whose shapes, dtypes or values disagree with the sidecar.
+    """
+    weights_name, sidecar_name = f"{name}.safetensors", f"{name}.json"
+    meta, extra_inputs = _meta_from_sidecar(sidecar, sidecar_name)
+    try:
+        tensors = load(weights)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{weights_name} is not a Telltale probe's weights file "
+                         f"({type(err).__name__}: {first}); a probe is the .safetensors file "
+                         "and the .json sidecar that `telltale train` writes.") from None
+    parts: dict[str, LinearProbe] = {}
+    for part in _PARTS:
+        if f"{part}.weight" not in tensors:
+            continue
+        weight, bias = tensors[f"{part}.weight"], tensors.get(f"{part}.bias")
+        expected = meta.hidden_size + int(extra_inputs.get(part, 0))
+        if not weight.is_floating_point() or weight.shape != (expected,):
+            raise ValueError(f"Probe {weights_name}: '{part}' has weights of shape "
+                             f"{tuple(weight.shape)} and dtype {weight.dtype}, expected "
+                             f"({expected},) floats for hidden size {meta.hidden_size}.")
+        if bias is None or not bias.is_floating_point() or bias.shape != (1,):
+            raise ValueError(f"Probe {weights_name}: '{part}' needs one floating-point bias.")
+        if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            raise ValueError(f"Probe {weights_name}: '{part}' holds NaN or infinite values.")
+        parts[part] = LinearProbe(weight.numpy().astype(np.float64), float(bias[0]),
+                                  int(extra_inputs.get(part, 0)))
+    if "tracker" not in parts:
+        raise ValueError(f"Probe {weights_name} holds no prefix tracker.")
+    return ProbeBundle(meta=meta, **parts)
 
 
 def load_probe(path: str | Path) -> ProbeBundle:
@@ -297,26 +384,5 @@ def load_probe(path: str | Path) -> ProbeBundle:
         if not file.is_file():
             raise FileNotFoundError(f"Probe file {file} does not exist (a probe is a "
                                     ".safetensors file with a .json sidecar of the same name).")
-    try:
-        sidecar = json.loads(meta_path.read_text(encoding="utf-8"))
-        extra_inputs = sidecar.pop("extra_inputs", {})
-        if sidecar.get("probe_version", 0) > PROBE_VERSION:
-            raise ValueError(f"it has probe_version {sidecar['probe_version']}, newer than "
-                             f"this Telltale reads ({PROBE_VERSION})")
-        meta = ProbeMeta(**sidecar)
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"Probe sidecar {meta_path} is not valid: {err}.") from None
-    tensors = load_file(str(weights_path))
-    parts: dict[str, LinearProbe] = {}
-    for name in _PARTS:
-        if f"{name}.weight" in tensors:
-            weight = tensors[f"{name}.weight"].numpy().astype(np.float64)
-            expected = meta.hidden_size + int(extra_inputs.get(name, 0))
-            if weight.shape != (expected,):
-                raise ValueError(f"Probe {weights_path}: '{name}' has {weight.shape[0]} weights, "
-                                 f"expected {expected} for hidden size {meta.hidden_size}.")
-            parts[name] = LinearProbe(weight, float(tensors[f"{name}.bias"][0]),
-                                      int(extra_inputs.get(name, 0)))
-    if "tracker" not in parts:
-        raise ValueError(f"Probe {weights_path} holds no prefix tracker.")
-    return ProbeBundle(meta=meta, **parts)
+    return probe_from_bytes(weights_path.read_bytes(), meta_path.read_bytes(),
+                            str(weights_path.with_suffix("")))
