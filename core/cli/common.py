@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from core.progress import Progress
 
 if TYPE_CHECKING:  # the parser is built without importing torch
     import pandas as pd
@@ -134,7 +136,7 @@ def float_list(text: str, what: str) -> list[float]:
 
 
 @contextmanager
-def progress_bar(desc: str, unit: str = "chain") -> Iterator[Callable[[int, int], None]]:
+def progress_bar(desc: str, unit: str = "chain") -> Iterator[Progress]:
     """A tqdm bar on stderr driven by core's (done, total) progress callbacks."""
     from tqdm import tqdm
 

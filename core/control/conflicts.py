@@ -11,7 +11,7 @@ gates); this module only batches the examples through the model and lays the res
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +30,9 @@ from core.control.entropy import (
     token_stats,
 )
 from core.control.finetune_data import FinetuneExample, collate, encode_examples
+from core.progress import Progress
 from core.runtime.models import LoadedModel
 
-Progress = Callable[[int, int], None]
 CONTEXT_TOKENS = 12  # tokens of context shown before each target token
 TOKEN_COLUMNS = ("example_id", "position", "context", "target_id", "target_token", "top_id",
                  "top_token", "p", "ce", "entropy_topk", "entropy_full", "entropy_norm",

@@ -38,9 +38,9 @@ from core.control.finetune_data import (
     prompt_text,
 )
 from core.data.arith import answers_match, extract_answer
+from core.progress import Progress
 from core.runtime.models import LoadedModel
 
-Progress = Callable[[int, int], None]
 METHODS = ("sft", "eaft", "sft_kl", "hard_mask", "sft_lr_matched")
 _LOSS_KIND = {"sft": "sft", "eaft": "eaft", "sft_kl": "sft_kl", "hard_mask": "hard_mask",
               "sft_lr_matched": "sft"}

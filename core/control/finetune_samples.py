@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,9 @@ from core import __version__
 from core.control.finetune_data import SCHEMA_VERSION, ChatTurn, FinetuneExample, write_finetune
 from core.data.arith import ArithProblem, generate_problems
 from core.data.atomic import atomic_write_text
+from core.progress import Progress
 from core.runtime.models import LoadedModel
 
-Progress = Callable[[int, int], None]
 TARGET_FILE = "finetune_target.jsonl"
 GENERAL_FILE = "finetune_general.jsonl"
 CONFLICTS_FILE = "finetune_conflicts.jsonl"

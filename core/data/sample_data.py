@@ -26,7 +26,8 @@ from core.data.arith import (
 )
 from core.data.atomic import atomic_write_text
 from core.data.traces import SCHEMA_VERSION, Trace, trace_from_dict, write_traces
-from core.runtime.generate import Progress, SamplingConfig, sample_responses
+from core.progress import Progress
+from core.runtime.generate import SamplingConfig, sample_responses
 from core.runtime.models import LoadedModel
 
 SOURCE = "telltale-arith"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +18,7 @@ from core.data.arith import answers_match, cot_prompt, extract_answer, generate_
 from core.data.stats import wilson_interval
 from core.diagnose.monitor import MonitorConfig, run_monitor
 from core.diagnose.probes import ProbeBundle
+from core.progress import Progress
 from core.runtime.models import LoadedModel
 
 ARMS = ("plain", "backtrack", "random")
@@ -55,7 +55,7 @@ def control_slots(n_steps: int, n_resamples: int, retries: int, seed: int) -> tu
 
 
 def backtrack_eval(loaded: LoadedModel, bundle: ProbeBundle, config: BacktrackEvalConfig,
-                   progress: Callable[[int, int], None] | None = None
+                   progress: Progress | None = None
                    ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """(one row per problem and arm, summary per arm with confidence intervals)."""
     problems = generate_problems(config.n_problems, seed=config.problem_seed,

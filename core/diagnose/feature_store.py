@@ -29,7 +29,8 @@ from core.data.atomic import atomic_path, atomic_write_text
 from core.data.traces import Trace
 from core.diagnose.encode import encode_trace
 from core.diagnose.signals import SIGNAL_NAMES
-from core.diagnose.step_forward import Progress, forward_steps
+from core.diagnose.step_forward import forward_steps
+from core.progress import Progress
 from core.runtime.layers import resolve_layers
 from core.runtime.models import LoadedModel
 from core.runtime.pooling import POOLINGS, check_poolings

@@ -17,7 +17,7 @@ prefix score. Outcome-only data (no step labels) anchors only the last step and 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,9 @@ from safetensors.torch import load, save
 
 from core import __version__
 from core.data.atomic import atomic_path
+from core.progress import Progress
 
 PROBE_VERSION = 1
-Progress = Callable[[int, int], None]
 
 
 def l2_normalize(features: np.ndarray) -> np.ndarray:

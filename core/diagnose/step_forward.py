@@ -7,7 +7,7 @@ unpadded single-sequence runs to float tolerance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +16,6 @@ from core.diagnose.encode import EncodedTrace
 from core.diagnose.signals import step_signals, token_entropy_nll
 from core.runtime.capture import record_residual
 from core.runtime.models import LoadedModel
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

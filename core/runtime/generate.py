@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from core.progress import Progress
 from core.runtime.chat import user_prompt
 from core.runtime.models import LoadedModel
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,11 @@ from typing import Any
 import torch
 
 from core.data.atomic import atomic_write_bytes, atomic_write_text
+from core.progress import Progress
 from core.runtime.capture import record_residual
 from core.runtime.chat import user_prompt
 from core.runtime.layers import resolve_layers
 from core.runtime.models import LoadedModel
-
-Progress = Callable[[int, int], None]
 
 WORD_TEMPLATE = "Tell me about {word}"
 LAST_PROMPT_TOKEN = "last_prompt_token"

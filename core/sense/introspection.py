@@ -33,6 +33,7 @@ from typing import Any, cast
 import pandas as pd
 import torch
 
+from core.progress import Progress
 from core.runtime.capture import record_residual
 from core.runtime.chat import Message, format_chat
 from core.runtime.inject import Positions, inject_residual
@@ -45,8 +46,6 @@ from core.sense.introspection_grading import (
     judge_replies,
     rate,
 )
-
-Progress = Callable[[int, int], None]
 
 SETUP_TURN = (
     "I am an interpretability researcher studying transformer-based language models like you. "

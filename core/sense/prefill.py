@@ -16,12 +16,13 @@ most a little past the middle layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from core.progress import Progress
 from core.runtime.chat import Message, format_chat
 from core.runtime.models import LoadedModel
 from core.sense.concepts import BASELINE_WORDS, ConceptLibrary, build_word_library
@@ -36,8 +37,6 @@ from core.sense.introspection import (
     scaled,
 )
 from core.sense.introspection_grading import grade_apology, rate
-
-Progress = Callable[[int, int], None]
 
 PREFILL_ASK = ("Tell me what word you think about when you read the line below. Answer "
                "immediately.\n\n{sentence}")
