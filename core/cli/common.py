@@ -164,7 +164,8 @@ def plain(value: Any) -> Any:
 
 def records(table: pd.DataFrame) -> list[dict[str, Any]]:
     """A table's rows as JSON-ready dicts."""
-    return [{k: plain(v) for k, v in row.items()} for row in table.to_dict(orient="records")]
+    return [{str(k): plain(v) for k, v in row.items()}
+            for row in table.to_dict(orient="records")]
 
 
 def fmt(value: Any, width: int = 0) -> str:

@@ -322,8 +322,9 @@ def _meta_from_sidecar(sidecar_bytes: bytes, sidecar_name: str) -> tuple[ProbeMe
     for name, kind in _META_TYPES.items():
         value = getattr(meta, name)
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            expected = "a number" if isinstance(kind, tuple) else kind.__name__
             raise ValueError(f"Probe sidecar {sidecar_name}, field '{name}': expected "
-                             f"{kind.__name__}, got {json.dumps(value)[:80]}.")
+                             f"{expected}, got {json.dumps(value)[:80]}.")
     if meta.hidden_size < 1 or meta.layer < 0:
         raise ValueError(f"Probe sidecar {sidecar_name}: hidden_size must be positive and "
                          "layer not negative.")
