@@ -9,6 +9,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.telltale-installed
 PORT ?= 8501
+# the dashboard listens on this machine only; `make run HOST=0.0.0.0` opens it to the network
+HOST ?= 127.0.0.1
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
@@ -33,8 +35,8 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/streamlit run dashboard/app.py --server.port $(PORT) --server.headless true \
-	  --browser.gatherUsageStats false
+	$(VENV)/bin/streamlit run dashboard/app.py --server.address $(HOST) --server.port $(PORT) \
+	  --server.headless true --browser.gatherUsageStats false
 
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
