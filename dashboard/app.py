@@ -1,9 +1,9 @@
 """Telltale's dashboard: `streamlit run dashboard/app.py`.
 
 This file is the frame around every page: it sets up the page, draws the shared model sidebar
-and runs the page chosen in the navigation. Each page is a module in dashboard/views/ with a
-`render()` function (an ordinary module: importable, testable); to add a page, add one
-`st.Page` line to `PAGES`.
+and runs the page chosen in the navigation. Each page is a module with a `render()` function in
+its layer's folder (dashboard/diagnose, sense, control: ordinary modules, importable and
+testable); to add a page, add one `st.Page` line to `PAGES`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,18 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on th
 
 import streamlit as st  # noqa: E402
 
-from dashboard.sidebar import render_model_sidebar  # noqa: E402
-from dashboard.views import finetune, introspection, live, traces  # noqa: E402
+from dashboard.common.sidebar import render_model_sidebar  # noqa: E402
+from dashboard.control import page as finetune  # noqa: E402
+from dashboard.diagnose import live_page, traces_page  # noqa: E402
+from dashboard.sense import page as introspection  # noqa: E402
 
 # One line per page: a module's render() function, its title, icon and URL. The pages live in
-# dashboard/views/, not pages/: a pages/ folder beside app.py turns on Streamlit's old
+# the layer folders, never in pages/: a pages/ folder beside app.py turns on Streamlit's old
 # file-per-page mode before the first st.navigation call.
 PAGES = [
-    st.Page(traces.render, title="Traces", icon=":material/timeline:", url_path="traces",
+    st.Page(traces_page.render, title="Traces", icon=":material/timeline:", url_path="traces",
             default=True),
-    st.Page(live.render, title="Live", icon=":material/monitor_heart:", url_path="live"),
+    st.Page(live_page.render, title="Live", icon=":material/monitor_heart:", url_path="live"),
     st.Page(finetune.render, title="Fine-tuning", icon=":material/tune:", url_path="fine-tuning"),
     st.Page(introspection.render, title="Introspection", icon=":material/neurology:",
             url_path="introspection"),

@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Button
 
-from dashboard import state
+from dashboard.common import state
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 120
@@ -224,8 +224,8 @@ def test_compute_signals_on_default_model_plots_marked_steps() -> None:
 # ---------------------------------------------------------------------------- probe view
 
 from core.data.importers import import_traces  # noqa: E402
-from dashboard import diagnose_panels  # noqa: E402
-from dashboard import diagnose_state as dstate  # noqa: E402
+from dashboard.diagnose import probe_panels as diagnose_panels  # noqa: E402
+from dashboard.diagnose import probe_state as dstate  # noqa: E402
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
         "{% if add_generation_prompt %}w5 {% endif %}")

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from dashboard.charts import (
+from dashboard.diagnose.trace_charts import (
     SIGNAL_TITLES,
     chain_table,
     hover_text,

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from dashboard.charts_diagnose import (
+from dashboard.diagnose.probe_charts import (
     PHASE_STYLE,
     STEP_COLUMNS,
     dynamic_table,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard import charts_finetune as cf
+from dashboard.control import charts as cf
 
 CUTS = SimpleNamespace(p=0.1, h=0.2, uncertain=0.5)
 
@@ -233,7 +233,7 @@ def test_hover_label_escapes() -> None:
 
 
 def test_charts_finetune_loads_neither_streamlit_nor_torch() -> None:
-    code = ("import sys, dashboard.charts_finetune; "
+    code = ("import sys, dashboard.control.charts; "
             "print(sorted({'streamlit', 'torch'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])

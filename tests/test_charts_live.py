@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from core.diagnose.monitor import StepRecord
-from dashboard import charts_live
+from dashboard.diagnose import live_charts as charts_live
 
 
 def rec(index: int, text: str, prefix: float, *, step: float | None = 0.2, alarm: bool = False,
@@ -155,7 +155,7 @@ def test_summary_counts_read_the_result() -> None:
 
 
 def test_charts_live_loads_neither_streamlit_nor_torch() -> None:
-    code = ("import sys, dashboard.charts_live; "
+    code = ("import sys, dashboard.diagnose.live_charts; "
             "print(sorted({'streamlit', 'torch'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])

@@ -9,8 +9,8 @@ import pytest
 from core.sense.introspection import CONDITIONS, sweep_summary
 from core.sense.introspection_grading import grade_reply
 from core.sense.prefill import PREFILL_CONDITIONS
-from dashboard import charts_sense as cs
-from dashboard.charts_sense import Span
+from dashboard.sense import charts as cs
+from dashboard.sense.charts import Span
 
 
 def test_condition_names_match_core() -> None:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import finetune_state as fs
-from dashboard.views import finetune
+from dashboard.control import state as fs
+from dashboard.control import page as finetune
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"

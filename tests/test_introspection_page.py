@@ -14,8 +14,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.sense.introspection import InjectionSpec, TrialConfig
-from dashboard import introspection_state as istate
-from dashboard.views import introspection as page
+from dashboard.sense import state as istate
+from dashboard.sense import page
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 120

@@ -22,9 +22,9 @@ from core.diagnose.monitor import (
     TokenEvent,
 )
 from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
-from dashboard import diagnose_state as dstate
-from dashboard import live_state
-from dashboard.views import live
+from dashboard.diagnose import probe_state as dstate
+from dashboard.diagnose import live_state
+from dashboard.diagnose import live_page as live
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 120

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from pandas.io.formats.style import Styler
 
-from dashboard.charts import hover_text
+from dashboard.diagnose.trace_charts import hover_text
 
 STEP_COLOUR = "#4C78A8"  # c_step bars
 PREFIX_COLOUR = "#F58518"  # c_prefix line

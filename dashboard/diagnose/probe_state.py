@@ -38,7 +38,7 @@ from core.diagnose.evaluation import (
 )
 from core.diagnose.feature_store import CaptureConfig, capture_in_memory
 from core.diagnose.probes import ProbeBundle, TrackerConfig, load_probe, save_probe
-from dashboard.state import SAMPLE_FOLDER, content_hash, get_model
+from dashboard.common.state import SAMPLE_FOLDER, content_hash, get_model
 
 PROBE_FOLDER = SAMPLE_FOLDER / "probes"
 SCORE_REQUEST_KEY = "probe_score_request"  # session state: what "Score" asked for

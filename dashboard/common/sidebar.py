@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.runtime.models import DEFAULT_SPEC, DEVICES, DTYPES, LoadedModel
-from dashboard.state import (
+from dashboard.common.state import (
     ModelChoice,
     get_model,
     load_error_sentence,

@@ -31,9 +31,10 @@ from core.sense.introspection import (
     sweep_summary,
 )
 from core.sense.prefill import PREFILL_ITEMS, prefill_summary
-from dashboard import charts_sense, state
-from dashboard import introspection_state as istate
-from dashboard.sidebar import request_model
+from dashboard.common import state
+from dashboard.sense import charts as charts_sense
+from dashboard.sense import state as istate
+from dashboard.common.sidebar import request_model
 
 SOURCE_KEY = "intro_concept_source"
 WORD_KEY = "intro_concept_word"

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.charts import HALLUCINATED, LABEL_STYLE, hover_text, label_name
+from dashboard.diagnose.trace_charts import HALLUCINATED, LABEL_STYLE, hover_text, label_name
 
 STEP_COLUMNS = ("trace_id", "step", "text", "step_score", "prefix_score", "alarm", "label",
                 "prefix_label", "phase")

@@ -32,10 +32,11 @@ from core.control.eaft import LossConfig
 from core.control.entropy import NORMS, Cuts, Thresholds
 from core.control.finetune import METHODS
 from core.control.finetune_data import FinetuneExample, FinetuneLoad
-from dashboard import charts, state
-from dashboard import charts_finetune as cf
-from dashboard import finetune_state as fs
-from dashboard.sidebar import request_model
+from dashboard.common import state
+from dashboard.diagnose import trace_charts as charts
+from dashboard.control import charts as cf
+from dashboard.control import state as fs
+from dashboard.common.sidebar import request_model
 
 SAMPLE_KEY = "finetune_sample"
 UPLOAD_KEY = "finetune_upload"

@@ -16,10 +16,10 @@ from core.data.traces import Trace
 from core.diagnose.evaluation import ScoredChain
 from core.diagnose.probe_training import TRAIN_POOLINGS
 from core.diagnose.probes import ProbeBundle
-from dashboard import diagnose_state as dstate
-from dashboard import state
-from dashboard.diagnose_state import ProbeFile, Reading, ScoreRequest, TrainRequest
-from dashboard.sidebar import request_model
+from dashboard.diagnose import probe_state as dstate
+from dashboard.common import state
+from dashboard.diagnose.probe_state import ProbeFile, Reading, ScoreRequest, TrainRequest
+from dashboard.common.sidebar import request_model
 
 SOURCE_KEY = "probe_source"
 SHIPPED_KEY = "probe_shipped"

@@ -45,7 +45,7 @@ from core.sense.introspection import (
 )
 from core.sense.logit_lens import logit_lens
 from core.sense.prefill import PrefillConfig, run_prefill
-from dashboard.state import get_model
+from dashboard.common.state import get_model
 
 Progress = Callable[[int, int], None]
 ModelKey = tuple[str, str, str]

@@ -19,8 +19,12 @@ from core.data.importers import FORMATS
 from core.data.steps import SEGMENT_MODES
 from core.data.traces import Trace, TraceLoad
 from core.diagnose.metrics import auroc
-from dashboard import charts, charts_diagnose, diagnose_panels, probe_picker, state
-from dashboard.sidebar import request_model
+from dashboard.common import state
+from dashboard.diagnose import probe_charts as charts_diagnose
+from dashboard.diagnose import probe_panels as diagnose_panels
+from dashboard.diagnose import probe_picker
+from dashboard.diagnose import trace_charts as charts
+from dashboard.common.sidebar import request_model
 
 SAMPLE_KEY = "traces_sample"
 UPLOAD_KEY = "traces_upload"

@@ -19,11 +19,13 @@ import streamlit as st
 
 from core.diagnose.monitor import MonitorConfig
 from core.diagnose.probes import ProbeBundle, probe_paths
-from dashboard import charts_live, live_state, state
-from dashboard import diagnose_state as dstate
-from dashboard.diagnose_state import ProbeFile
-from dashboard.probe_picker import probe_card
-from dashboard.sidebar import request_model
+from dashboard.common import state
+from dashboard.diagnose import live_charts as charts_live
+from dashboard.diagnose import live_state
+from dashboard.diagnose import probe_state as dstate
+from dashboard.diagnose.probe_state import ProbeFile
+from dashboard.diagnose.probe_picker import probe_card
+from dashboard.common.sidebar import request_model
 
 JOB_KEY = "live_job"  # session state: the id of this session's latest run
 PENDING_KEY = "live_start_pending"  # Start was pressed: start the run in this rerun

@@ -27,7 +27,7 @@ from core.control.entropy import NORMS
 from core.control.finetune import CompareConfig, finetune_compare
 from core.control.finetune_data import FinetuneExample, FinetuneLoad, read_finetune
 from core.runtime.models import LoadedModel
-from dashboard.state import SAMPLE_FOLDER, get_model
+from dashboard.common.state import SAMPLE_FOLDER, get_model
 
 Progress = Callable[[int, int], None]
 PART_SIZE = 4  # examples per cached scan part (and per forward batch)

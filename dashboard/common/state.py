@@ -32,7 +32,7 @@ from core.runtime.models import (
     load_model,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_FOLDER = REPO_ROOT / "sample_traces"
 
 MODEL_CHOICE_KEY = "model_choice"  # session state: (spec, device, dtype) of the loaded model

@@ -17,9 +17,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.traces import traces_to_jsonl
-from dashboard import charts_diagnose as cd
-from dashboard import diagnose_state as dstate
-from dashboard.probe_picker import ScoredFile
+from dashboard.diagnose import probe_charts as cd
+from dashboard.diagnose import probe_state as dstate
+from dashboard.diagnose.probe_picker import ScoredFile
 
 FOCUS_KEY = "probe_focus"  # session state: [trace_id, step] of the inspected step
 SEEN_KEY = "probe_focus_seen"  # session state: the selections seen on the last run
