@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Button
 
 from dashboard.common import state
+from dashboard.diagnose import trace_state
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 120
@@ -141,7 +142,7 @@ def test_empty_upload_says_there_is_nothing() -> None:
 
 
 def test_sample_file_loads() -> None:
-    samples = state.sample_files()
+    samples = trace_state.sample_files()
     if not samples:
         pytest.skip("no sample_traces/*.jsonl yet (make sample-traces)")
     at = start()
@@ -165,13 +166,13 @@ def test_model_that_cannot_load_shows_one_sentence(tmp_path: Path) -> None:
 
 
 def test_signals_request_round_trips_through_session_state() -> None:
-    request = state.SignalsRequest(("default", "cpu", "float32"), "abc", ("lines", None),
+    request = trace_state.SignalsRequest(("default", "cpu", "float32"), "abc", ("lines", None),
                                    ("a", "b"))
     stored = request.to_state()
     assert json.loads(json.dumps(stored)) == stored  # plain values only
-    assert state.SignalsRequest.from_state(stored) == request
-    assert state.SignalsRequest.from_state({"model": 3}) is None
-    assert state.SignalsRequest.from_state(None) is None
+    assert trace_state.SignalsRequest.from_state(stored) == request
+    assert trace_state.SignalsRequest.from_state({"model": 3}) is None
+    assert trace_state.SignalsRequest.from_state(None) is None
 
 
 def test_model_choice_checks_its_fields() -> None:
@@ -190,8 +191,8 @@ def test_content_hash_and_sample_files(tmp_path: Path) -> None:
     (tmp_path / "b.jsonl").write_text("{}\n")
     (tmp_path / "a.jsonl").write_text("{}\n")
     (tmp_path / "notes.txt").write_text("x")
-    assert [p.name for p in state.sample_files(tmp_path)] == ["a.jsonl", "b.jsonl"]
-    assert state.sample_files(tmp_path / "missing") == []
+    assert [p.name for p in trace_state.sample_files(tmp_path)] == ["a.jsonl", "b.jsonl"]
+    assert trace_state.sample_files(tmp_path / "missing") == []
 
 
 @pytest.mark.e2e
@@ -224,7 +225,7 @@ def test_compute_signals_on_default_model_plots_marked_steps() -> None:
 # ---------------------------------------------------------------------------- probe view
 
 from core.data.importers import import_traces  # noqa: E402
-from dashboard.diagnose import probe_panels as diagnose_panels  # noqa: E402
+from dashboard.diagnose import probe_charts, probe_panels  # noqa: E402
 from dashboard.diagnose import probe_state as dstate  # noqa: E402
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
@@ -315,9 +316,9 @@ def test_shipped_probe_is_offered_first_with_its_card() -> None:
 
 @pytest.mark.parametrize("case, expected", [
     ("garbage weights", "p.safetensors is not a Telltale probe's weights file"),
-    ("list sidecar", "The probe sidecar p.json must be a JSON object"),
+    ("list sidecar", "Probe sidecar p.json must be a JSON object"),
     ("sidecar without fields", "Probe sidecar p.json is not valid"),
-    ("sidecar not JSON", "The probe sidecar p.json is not valid JSON"),
+    ("sidecar not JSON", "Probe sidecar p.json is not valid JSON"),
 ])
 def test_bad_probe_upload_shows_an_error_not_an_exception(case: str, expected: str,
                                                           tmp_path: Path) -> None:
@@ -383,15 +384,15 @@ def test_decide_focus_follows_the_newest_selection() -> None:
     seen = {"table": "[]", "chart": "null", "chain": "a"}
     row, bar = ("[3]", ["b", 2]), ("[\"a\", 1]", ["a", 1])
     nothing_t, nothing_c = ("[]", None), ("null", None)
-    assert diagnose_panels.decide_focus(seen, row, nothing_c, "a", None) == ["b", 2]
-    assert diagnose_panels.decide_focus(seen, nothing_t, bar, "a", None) == ["a", 1]
-    assert diagnose_panels.decide_focus(seen, row, bar, "a", None) == ["b", 2]  # table first
+    assert probe_panels.decide_focus(seen, row, nothing_c, "a", None) == ["b", 2]
+    assert probe_panels.decide_focus(seen, nothing_t, bar, "a", None) == ["a", 1]
+    assert probe_panels.decide_focus(seen, row, bar, "a", None) == ["b", 2]  # table first
     # nothing new: the focus stays; another chain picked: it clears
-    assert diagnose_panels.decide_focus(seen, nothing_t, nothing_c, "a", ["a", 4]) == ["a", 4]
-    assert diagnose_panels.decide_focus(seen, nothing_t, nothing_c, "c", ["a", 4]) is None
+    assert probe_panels.decide_focus(seen, nothing_t, nothing_c, "a", ["a", 4]) == ["a", 4]
+    assert probe_panels.decide_focus(seen, nothing_t, nothing_c, "c", ["a", 4]) is None
     # a selection seen before does not take the focus back
     seen_row = {**seen, "table": "[3]"}
-    assert diagnose_panels.decide_focus(seen_row, row, nothing_c, "a", ["a", 4]) == ["a", 4]
+    assert probe_panels.decide_focus(seen_row, row, nothing_c, "a", ["a", 4]) == ["a", 4]
 
 
 def test_train_score_and_inspect_on_a_tiny_model(tiny_model_dir: Path) -> None:
@@ -424,7 +425,8 @@ def test_train_score_and_inspect_on_a_tiny_model(tiny_model_dir: Path) -> None:
         "(click a bar to inspect another step)")
     assert len(at.get("html")) == 1  # the token heat map
     corpus = next(d.value for d in at.dataframe if "step_auroc" in d.value.columns)
-    assert corpus["scores"].tolist()[0].startswith("probes") and len(corpus) == 6
+    assert corpus["scores"].tolist()[0].startswith("probes") and len(corpus) >= 6
+    assert set(corpus["scores"]) <= set(probe_charts.SCORER_TITLES.values())  # every one named
     for label in ("Download the scored chains (JSONL)", "Download the metrics (JSON)",
                   "Download the metrics (CSV)", "Download this chart (HTML)",
                   "Download the ROC curves (HTML)"):

@@ -98,7 +98,8 @@ def full_page_screenshot(page: Any, path: Path) -> None:
 
 def trace_file(tmp_path: Path) -> Path:
     """The project's sample trace file when there is one, else a small hand-labelled file."""
-    from dashboard.common.state import sample_files  # trace files only: no journals of unfinished runs
+    # trace files only: no journals of unfinished runs
+    from dashboard.diagnose.trace_state import sample_files
 
     samples = sample_files(ROOT / "sample_traces")
     if samples:

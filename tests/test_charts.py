@@ -9,11 +9,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
+from dashboard.common.charts import hover_text, issue_table
 from dashboard.diagnose.trace_charts import (
     SIGNAL_TITLES,
     chain_table,
-    hover_text,
-    issue_table,
     label_name,
     labelled_scores,
     signal_by_label_figure,

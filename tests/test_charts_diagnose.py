@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
+from core.diagnose.metrics import DynamicMetrics, RecoveryStat, ResidualTime
+from core.diagnose.report import DYNAMIC_KEYS, EvaluationReport, FinalCounts, Ranking
 from dashboard.diagnose.probe_charts import (
     PHASE_STYLE,
     STEP_COLUMNS,
@@ -149,17 +151,20 @@ def test_token_heatmap_escapes_and_outlines_the_focus() -> None:
     assert "step 2" in token_heatmap_html(tokens, focus_step=0)  # default: every step
 
 
-def report() -> dict:
-    return {
-        "n_chains": 3, "n_steps": 9, "threshold": 0.4, "step_auroc": 0.9, "step_auprc": 0.8,
-        "prefix_auroc": 0.7, "final_auroc": None, "step_f1": 0.6,
-        "baselines": {"mean_nll": {"step_auroc": 0.6, "step_auprc": 0.5, "prefix_auroc": 0.55,
-                                   "final_auroc": None}},
-        "dynamic": {"Snap_M": 0.2, "Lag": 1.0},
-        "residual_time": {"n": 3, "n_censored": 1, "counts": [1, 0, 2]},
-        "recovery": {"k": 5, "n_chains": 0, "n_correct": 0, "share_correct": None,
-                     "ci_low": None, "ci_high": None},
-    }
+def report(intervals: dict | None = None) -> EvaluationReport:
+    return EvaluationReport(
+        n_chains=3, n_steps=9, threshold=0.4,
+        probes=Ranking(step_auroc=0.9, step_auprc=0.8, prefix_auroc=0.7, final_auroc=None),
+        step_f1=0.6, final_counts=FinalCounts(positive=2, negative=1),
+        baselines={"mean_nll": Ranking(0.6, 0.5, 0.55, None)},
+        dynamic=DynamicMetrics(snap_m=0.2, lag=1.0, icr=None, brake_s=None, ling_t=None,
+                               heal_3=None, r_score=None, fp_len=None, n_onsets=1,
+                               n_recoveries=0),
+        residual_time=ResidualTime(values=np.array([0, 2, 2]),
+                                   censored=np.array([False, True, False])),
+        recovery=RecoveryStat(k=5, n_chains=0, n_correct=0, share_correct=None, ci_low=None,
+                              ci_high=None),
+        intervals=intervals)
 
 
 def test_metrics_table_puts_probes_beside_baselines() -> None:
@@ -170,18 +175,20 @@ def test_metrics_table_puts_probes_beside_baselines() -> None:
     assert table["step_auroc"].tolist() == [0.9, 0.6]
     assert table["final_auroc"].isna().all()  # unsupported stays empty, never 0
     assert math.isnan(table["step_f1"][1])
-    with_ci = metrics_table({**report(), "intervals": {
+    with_ci = metrics_table(report({
         "probe": {"step_auroc": [0.85, 0.95], "final_auroc": None},
-        "baselines": {"mean_nll": {"step_auroc": [0.5, 0.7], "final_auroc": None}}}})
+        "baselines": {"mean_nll": {"step_auroc": [0.5, 0.7], "final_auroc": None}}}))
     assert with_ci["step_auroc_ci"].tolist() == ["0.850-0.950", "0.500-0.700"]
     assert with_ci["final_auroc_ci"].isna().all()
 
 
 def test_dynamic_table_explains_each_metric() -> None:
     table = dynamic_table(report())
-    assert table["metric"].tolist() == ["Snap_M", "Lag"] and table["value"].tolist() == [0.2, 1]
+    assert table["metric"].tolist() == list(DYNAMIC_KEYS)  # the paper's eight, in its order
+    assert table["value"].tolist()[:2] == [0.2, 1]
     assert all(table["meaning"])
-    assert dynamic_table({}).empty
+    empty = dynamic_table(replace(report(), dynamic=None))  # no labelled chain: all None
+    assert empty["metric"].tolist() == list(DYNAMIC_KEYS) and empty["value"].isna().all()
 
 
 @dataclass(frozen=True)
@@ -213,14 +220,16 @@ def test_sweep_figure_marks_the_chosen_layer() -> None:
 
 
 def test_residual_time_figure_counts_recoveries() -> None:
-    fig = residual_time_figure(report()["residual_time"])
+    residual = report().residual_time
+    assert residual is not None
+    fig = residual_time_figure(residual)
     assert list(fig.data[0].x) == [0, 1, 2] and list(fig.data[0].y) == [1, 0, 2]
     assert "3 recoveries (1 still alarmed" in fig.layout.title.text
 
 
 def test_recovery_sentence_with_and_without_chains() -> None:
-    assert "cannot be measured" in recovery_sentence(report()["recovery"])
-    text = recovery_sentence({"k": 5, "n_chains": 20, "n_correct": 1, "share_correct": 0.05,
-                              "ci_low": 0.009, "ci_high": 0.236})
+    assert "cannot be measured" in recovery_sentence(report().recovery)
+    text = recovery_sentence(RecoveryStat(k=5, n_chains=20, n_correct=1, share_correct=0.05,
+                                          ci_low=0.009, ci_high=0.236))
     assert text == ("Of the 20 chain(s) with at least 5 consecutive hallucinated steps, 1 still "
                     "reached a correct answer: 5.0% (95% interval 0.9% to 23.6%).")

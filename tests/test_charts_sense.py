@@ -9,6 +9,7 @@ import pytest
 from core.sense.introspection import CONDITIONS, sweep_summary
 from core.sense.introspection_grading import grade_reply
 from core.sense.prefill import PREFILL_CONDITIONS
+from dashboard.common.charts import figure_html
 from dashboard.sense import charts as cs
 from dashboard.sense.charts import Span
 
@@ -230,6 +231,6 @@ def test_prefill_figure_bars_per_condition_and_layer() -> None:
 
 
 def test_figure_html_is_a_standalone_page() -> None:
-    page = cs.figure_html(cs.logit_lens_figure(lens_table(), layer=1))
+    page = figure_html(cs.logit_lens_figure(lens_table(), layer=1))
     assert page.lower().lstrip().startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     assert "Plotly.newPlot" in page and "' bread'" in page

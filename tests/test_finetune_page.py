@@ -3,7 +3,7 @@ says the scan loads one), reports bad uploads as a list of lines and fields inst
 exception, scans a file on a tiny model (the plane holds every response token, the cuts decide
 the conflicts), runs a short comparison to its table, and (e2e, on the default model) finds the
 swapped capital as a confident conflict whose model top token is the real capital. Also the
-small records of `dashboard.finetune_state`."""
+small records of `dashboard.control.state`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.control import state as fs
+from dashboard.common.jobs import Board, Job
+from dashboard.control import compare_panel, scan_panel, token_panel
 from dashboard.control import page as finetune
+from dashboard.control import state as fs
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
@@ -84,7 +86,7 @@ def test_page_renders_without_a_model() -> None:
         lines = [line for line in first.read_text().splitlines() if line.strip()]
         assert metrics(at)["examples"] == str(len(lines))
     for key, value in at.session_state.items():  # small plain values only
-        if key not in (finetune.UPLOAD_KEY, finetune.GENERAL_UPLOAD_KEY):
+        if key not in (finetune.UPLOAD_KEY, compare_panel.GENERAL_UPLOAD_KEY):
             json.dumps(value)
 
 
@@ -182,7 +184,7 @@ def test_scan_on_a_tiny_model_draws_the_plane_and_applies_the_cuts(tiny_model_di
     sft_cells = np.nan_to_num(array(sft["data"][0]["z"]))
     assert sft_cells.sum() == pytest.approx(100, rel=1e-4)
     # absolute cuts wide enough to take every token: all 24 are confident conflicts
-    at.radio(key=finetune.MODE_KEY).set_value("absolute").run()
+    at.radio(key=scan_panel.MODE_KEY).set_value("absolute").run()
     at.number_input(key="finetune_absolute_p").set_value(1.0)
     at.number_input(key="finetune_absolute_h").set_value(5.0)
     at.number_input(key="finetune_absolute_u").set_value(6.0).run()
@@ -191,11 +193,11 @@ def test_scan_on_a_tiny_model_draws_the_plane_and_applies_the_cuts(tiny_model_di
     conflicts = next(d.value for d in at.dataframe if "model_top" in d.value.columns)
     assert len(conflicts) == 24 and conflicts["p"].is_monotonic_increasing
     assert set(conflicts["target"]) <= {f"w{i}" for i in range(3, 97)}
-    at.checkbox(key=finetune.NEW_FACTS_KEY).check().run()
+    at.checkbox(key=token_panel.NEW_FACTS_KEY).check().run()
     marked = next(d.value for d in at.dataframe if "model_top" in d.value.columns)
     assert sorted(marked["target"]) == ["w31", "w33", "w35"]  # the marked new facts
     assert any("Download weights" in b.label for b in at.get("download_button"))
-    at.radio(key=finetune.COLOUR_KEY).set_value("gate").run()  # EAFT's weight behind each token
+    at.radio(key=token_panel.COLOUR_KEY).set_value("gate").run()  # EAFT's weight behind each token
     shown = str(at.get("html")[0].value)
     assert shown.count("EAFT weight") >= 4 and "nan" not in shown
     # the cut that cannot be (uncertain below low entropy) is a sentence, not an exception
@@ -206,12 +208,12 @@ def test_scan_on_a_tiny_model_draws_the_plane_and_applies_the_cuts(tiny_model_di
 
 def test_comparison_on_a_tiny_model_runs_to_its_table(tiny_model_dir: Path) -> None:
     at = upload(load_sidebar_model(open_page(), str(tiny_model_dir)), "tiny.jsonl", TINY_TRAIN)
-    at = upload(at, "general.jsonl", TINY_GENERAL, key=finetune.GENERAL_UPLOAD_KEY)
-    at.number_input(key=finetune.STEPS_KEY).set_value(2).run()
+    at = upload(at, "general.jsonl", TINY_GENERAL, key=compare_panel.GENERAL_UPLOAD_KEY)
+    at.number_input(key=compare_panel.STEPS_KEY).set_value(2).run()
     button(at, "Start comparison").click().run(timeout=300)
     assert not at.exception and not at.error
     table = next(d.value for d in at.dataframe if "d_general_loss" in d.value.columns)
-    assert table["method"].tolist() == ["base", *finetune.DEFAULT_METHODS]
+    assert table["method"].tolist() == ["base", *compare_panel.DEFAULT_METHODS]
     assert table.loc[0, "d_target_loss"] == 0.0
     eaft_gate = table.set_index("method").loc["eaft", "mean_gate"]
     lr = table.set_index("method")["lr"]
@@ -235,25 +237,22 @@ def test_scan_request_round_trips_through_session_state() -> None:
         fs.ScanSettings(norm="ln2")
 
 
-def test_compare_board_reuses_a_finished_run_and_retries_a_failed_one() -> None:
-    board = fs.CompareBoard()
-    request = fs.CompareRequest(("m", "cpu", "auto"), "t", "g", ("sft", "eaft"), 1, 1, False, 1)
-    calls: list[str] = []
-
-    def succeed(job: fs.CompareJob) -> None:
-        calls.append("ok")
-        job.finished = True
-
-    job = board.start(request, None, [], [], runner=succeed)  # type: ignore[arg-type]
-    assert job.wait(5) and calls == ["ok"]
-    assert board.start(request, None, [], [], runner=succeed) is job  # type: ignore[arg-type]
-    assert calls == ["ok"] and board.get(request.key) is job
-    job.error = "failed"
-    again = board.start(request, None, [], [], runner=succeed)  # type: ignore[arg-type]
-    assert again is not job and again.wait(5) and calls == ["ok", "ok"]
+def test_compare_request_round_trips_and_names_its_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = fs.CompareRequest(("m", "cpu", "auto"), "t", "g", ("sft", "eaft"), 1, 1, False, 1,
+                                lr=3e-5)
+    plain = json.loads(json.dumps(request.to_state()))
+    assert fs.CompareRequest.from_state(plain) == request
+    assert fs.CompareRequest.from_state({**plain, "steps": None, "extra": 1}) is None
+    assert request.with_model(("x", "cpu", "auto")).model == ("x", "cpu", "auto")
+    board = Board()
+    monkeypatch.setattr(fs, "board", lambda: board)
+    monkeypatch.setattr(fs, "finetune_compare", lambda *a, **k: "table")
+    job: Job = fs.start_compare(request, None, [], [])  # type: ignore[arg-type]
+    assert job.wait(5) and job.result == "table" and job.key == request.key
+    assert fs.start_compare(request, None, [], []) is job  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Methods"):
-        board.start(fs.CompareRequest(("m", "cpu", "auto"), "t", "g", ("dft",), 1, 1, False, 1),
-                    None, [], [])  # type: ignore[arg-type]
+        fs.start_compare(fs.CompareRequest(("m", "cpu", "auto"), "t", "g", ("dft",), 1, 1, False,
+                                           1), None, [], [])  # type: ignore[arg-type]
 
 
 def test_finetune_samples_are_the_finetune_files(tmp_path: Path) -> None:
@@ -280,7 +279,7 @@ def test_default_model_finds_the_swapped_capital() -> None:
     n_tokens = int(metrics(at)["response tokens"].replace(",", ""))
     density = figures(at)[0]
     assert int(np.nansum(array(density["data"][0]["customdata"]))) == n_tokens
-    at.radio(key=finetune.MODE_KEY).set_value("absolute").run()
+    at.radio(key=scan_panel.MODE_KEY).set_value("absolute").run()
     assert not at.exception
     conflicts = next(d.value for d in at.dataframe if "model_top" in d.value.columns)
     assert metrics(at)["confident conflicts"] == str(len(conflicts))

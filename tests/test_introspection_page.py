@@ -14,8 +14,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.sense.introspection import InjectionSpec, TrialConfig
+from dashboard.common.runs import FINISHED
+from dashboard.sense import page, prefill_panel, sweep_panel, trial_panel
 from dashboard.sense import state as istate
-from dashboard.sense import page
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 120
@@ -98,7 +99,7 @@ def small_trial(at: AppTest, word: str = "w20", n_trials: int = 2, tokens: int =
     at.text_input(key=page.OWN_WORD_KEY).input(word).run()
     at.number_input(key="intro_trial_n_trials").set_value(n_trials)
     at.number_input(key="intro_trial_max_new_tokens").set_value(tokens)
-    at.slider(key=page.LAYER_KEY).set_value(2)
+    at.slider(key=trial_panel.LAYER_KEY).set_value(2)
     return at.run()
 
 
@@ -125,7 +126,7 @@ def test_trial_on_a_tiny_model_shows_replies_marks_lens_and_downloads(
     monkeypatch.setattr(istate, "run_trials", lambda *a, **k: calls.append(1) or real(*a, **k))
     at = small_trial(with_model(str(tiny_model_dir)))
     assert [t.label for t in at.tabs] == ["Single trial", "Sweep", "Prefill"]
-    assert at.slider(key=page.LAYER_KEY).max == TINY_LAYERS - 1
+    assert at.slider(key=trial_panel.LAYER_KEY).max == TINY_LAYERS - 1
     assert any("8 replies of up to 4 tokens" in c for c in texts(at.caption))
     button(at, "Run trial").click().run()
     assert not at.exception and not at.error
@@ -142,13 +143,13 @@ def test_trial_on_a_tiny_model_shows_replies_marks_lens_and_downloads(
     assert array(lens["data"][0]["x"]) == list(range(TINY_LAYERS))
     assert downloads(at)[:5] == ["Trials (CSV)", "Rates (CSV)", "Rates figure (HTML)",
                                  "Logit lens (CSV)", "Logit-lens figure (HTML)"]
-    assert at.session_state[istate.TRIAL_KEY]["finished"] is True
+    assert at.session_state[istate.TRIAL_KEY]["status"] == FINISHED
     assert_plain_session_state(at)
     assert len(calls) == 1
 
     # a rerun shows the same result from the cache; changed settings keep it, with a note
-    at.selectbox(key=page.TRIAL_SHOWN_KEY).select(1).run()
-    at.slider(key=page.STRENGTH_KEY).set_value(2.0).run()
+    at.selectbox(key=trial_panel.TRIAL_SHOWN_KEY).select(1).run()
+    at.slider(key=trial_panel.STRENGTH_KEY).set_value(2.0).run()
     assert not at.exception and len(calls) == 1
     assert not at.get("progress")  # the bars the cache replays end empty
     assert any("settings above have changed" in c for c in texts(at.caption))
@@ -157,9 +158,9 @@ def test_trial_on_a_tiny_model_shows_replies_marks_lens_and_downloads(
 
 def test_sweep_and_prefill_on_a_tiny_model(tiny_model_dir: Path) -> None:
     at = small_trial(with_model(str(tiny_model_dir)))
-    at.multiselect(key=page.SWEEP_CONCEPTS_KEY).set_value(["w20", "bread"])
-    at.multiselect(key=page.SWEEP_LAYERS_KEY).set_value([1, 2])
-    at.multiselect(key=page.SWEEP_STRENGTHS_KEY).set_value([1.0, 4.0])
+    at.multiselect(key=sweep_panel.SWEEP_CONCEPTS_KEY).set_value(["w20", "bread"])
+    at.multiselect(key=sweep_panel.SWEEP_LAYERS_KEY).set_value([1, 2])
+    at.multiselect(key=sweep_panel.SWEEP_STRENGTHS_KEY).set_value([1.0, 4.0])
     at.number_input(key="intro_sweep_n_trials").set_value(1)
     at.number_input(key="intro_sweep_max_new_tokens").set_value(3)
     at.run()
@@ -168,16 +169,17 @@ def test_sweep_and_prefill_on_a_tiny_model(tiny_model_dir: Path) -> None:
     button(at, "Run sweep").click().run()
     assert not at.exception and not at.error
     assert chart_titles(at) == ["Injected concept", "Detection: the concept against the controls"]
-    assert at.selectbox(key=page.SWEEP_SHOWN_KEY).options == [page.ALL_MEAN, "w20", "bread"]
+    shown = at.selectbox(key=sweep_panel.SWEEP_SHOWN_KEY)
+    assert shown.options == [sweep_panel.ALL_MEAN, "w20", "bread"]
     summary = next(d.value for d in at.dataframe if "net" in d.value.columns)
     assert len(summary) == 8 and set(summary["concept"]) == {"w20", "bread"}
     assert {"Summary (CSV)", "Trials (CSV)", "Heatmaps (HTML)", "Controls (HTML)"} <= set(
         downloads(at))
     at.text_input(key=page.OWN_WORD_KEY).input("w21").run()  # the sweep follows the concept
-    assert at.multiselect(key=page.SWEEP_CONCEPTS_KEY).value == ["w21", "bread"]
+    assert at.multiselect(key=sweep_panel.SWEEP_CONCEPTS_KEY).value == ["w21", "bread"]
     assert any("settings above have changed" in c for c in texts(at.caption))
 
-    at.multiselect(key=page.PREFILL_LAYERS_KEY).set_value([1])
+    at.multiselect(key=prefill_panel.PREFILL_LAYERS_KEY).set_value([1])
     at.number_input(key="intro_prefill_n_trials").set_value(1)
     at.number_input(key="intro_prefill_max_new_tokens").set_value(3)
     at.run()
@@ -237,7 +239,7 @@ def test_requests_round_trip_through_plain_values() -> None:
 def test_single_trial_on_the_default_model() -> None:
     at = with_model("default")
     assert any("SmolLM2" in m for m in texts(at.sidebar.markdown))  # the model card
-    assert at.slider(key=page.LAYER_KEY).value == 20  # two-thirds of 30 layers
+    assert at.slider(key=trial_panel.LAYER_KEY).value == 20  # two-thirds of 30 layers
     at.number_input(key="intro_trial_n_trials").set_value(1)
     at.number_input(key="intro_trial_max_new_tokens").set_value(16)
     at.run()

@@ -2,7 +2,7 @@
 probe (a note says how to get one), reads a probe file and starts its threshold at the calibrated
 one, reports bad probe files as a sentence, and (e2e, on the default model) runs a backtracking
 reply to the end with its summary, struck-through discarded attempts and downloads. Also the
-pure bookkeeping of `dashboard.live_state` (events into progress, the job board)."""
+pure bookkeeping of `dashboard.diagnose.live_state` (events into progress, requests)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from core.diagnose.monitor import (
     TokenEvent,
 )
 from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta, save_probe
-from dashboard.diagnose import probe_state as dstate
-from dashboard.diagnose import live_state
+from dashboard.common.jobs import board
 from dashboard.diagnose import live_page as live
+from dashboard.diagnose import live_state
+from dashboard.diagnose import probe_state as dstate
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 120
@@ -151,7 +152,7 @@ def test_uploaded_probe_pair_is_read_and_half_a_pair_is_a_warning(
 def test_a_probe_trained_on_the_traces_page_is_offered(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
-    probe = dstate.bundle_files(random_bundle(DEFAULT_HIDDEN, threshold=0.125), "traced")
+    probe = dstate.ProbeFile.of(random_bundle(DEFAULT_HIDDEN, threshold=0.125), "traced")
     dstate.keep_trained(probe)
     at = open_live({dstate.TRAINED_KEY: {"hash": probe.hash, "name": probe.name}})
     assert at.selectbox(key=live.PROBE_KEY).options[0] == f"{live.TRAINED_OPTION}: traced"
@@ -172,7 +173,7 @@ def test_events_build_the_progress_and_a_kept_attempt_leaves_the_discarded() -> 
     progress = live_state.LiveProgress()
     for event in events:
         progress = live_state.apply_event(progress, event)
-    assert progress.text == "ab" and progress.tokens == 2 and progress.version == 6
+    assert progress.text == "ab" and progress.tokens == 2
     assert [(r.index, r.attempt) for r in progress.kept] == [(0, 0), (1, 0)]
     assert [(r.index, r.attempt) for r in progress.discarded] == [(1, 1)]
     result = MonitorResult(prompt="q", text="final", steps=[rec(0, 0.1)], discarded=[],
@@ -181,42 +182,38 @@ def test_events_build_the_progress_and_a_kept_attempt_leaves_the_discarded() -> 
     done = live_state.apply_event(progress, DoneEvent(result))
     assert done.result is result and done.text == "final"
     assert done.kept == (rec(0, 0.1),) and done.discarded == ()
-    assert not done.finished  # the job marks the end once its thread is through
     with pytest.raises(TypeError):
         live_state.apply_event(progress, "token")  # type: ignore[arg-type]
 
 
-def test_job_turns_a_failure_into_a_sentence_and_finishes() -> None:
-    def broken():
-        yield TokenEvent("x")
-        raise RuntimeError("the cache broke\nsecond line")
-
-    job = live_state.LiveJob(question="q", config=MonitorConfig(), threshold=0.5,
-                             probe_name="p")
-    job.run(broken())
-    assert job.progress.finished and job.progress.text == "x"
-    assert job.progress.error == "The monitor failed: RuntimeError: the cache broke"
-    assert not job.running and not job.should_stop()
-    job.stop()
-    assert job.should_stop() and job.stop_requested
+def test_live_request_round_trips_through_plain_values() -> None:
+    config = MonitorConfig(mode="backtrack", threshold=0.3, max_new_tokens=24, retries=1)
+    request = live_state.LiveRequest(("default", "cpu", "auto"), "What is 2 + 2?", "abc", "p",
+                                     config)
+    plain = json.loads(json.dumps(request.to_state()))
+    assert live_state.LiveRequest.from_state(plain) == request
+    assert live_state.LiveRequest.from_state({**plain, "config": {"mode": "nap"}}) is None
+    assert live_state.LiveRequest.from_state(None) is None
 
 
-def test_job_board_keeps_running_jobs_and_drops_old_finished_ones() -> None:
-    board = live_state.JobBoard()
-    running = live_state.LiveJob(question="q", config=MonitorConfig(), threshold=0.5,
-                                 probe_name="p")
-    board.add(running)
-    finished = []
-    for _ in range(live_state.MAX_JOBS + 3):
-        job = live_state.LiveJob(question="q", config=MonitorConfig(), threshold=0.5,
-                                 probe_name="p")
-        job.run(iter(()))
-        finished.append(job)
-        board.add(job)
-    assert board.get(running.id) is running
-    assert board.get(finished[-1].id) is finished[-1]
-    assert board.get(finished[0].id) is None
-    assert board.get(None) is None
+def test_a_monitor_job_publishes_its_progress_and_ends_with_the_result(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    result = MonitorResult(prompt="q", text="ab", steps=[rec(0, 0.1)], discarded=[],
+                           tokens_generated=2, tokens_processed=5, stopped_by_alarm=False,
+                           threshold=0.5, mode="watch")
+    events = [TokenEvent("a"), TokenEvent("ab"), StepEvent(rec(0, 0.1)), DoneEvent(result)]
+    monkeypatch.setattr(live_state, "monitor_events", lambda *a, **k: iter(events))
+    request = live_state.LiveRequest(("m", "cpu", "auto"), "q", "h", "probe", MonitorConfig())
+    loaded = type("Loaded", (), {"spec": "m", "hidden_size": DEFAULT_HIDDEN})()
+    job = live_state.start_job(loaded, random_bundle(DEFAULT_HIDDEN, threshold=0.375),
+                               request)  # type: ignore[arg-type]
+    assert job.wait(5) and job.error is None and job.result is result
+    assert live_state.live_progress(job).text == "ab"
+    assert live_state.live_run(job).threshold == pytest.approx(0.375)  # the probe's
+    with pytest.raises(ValueError, match="prompt"):
+        live_state.start_job(loaded, random_bundle(DEFAULT_HIDDEN),  # type: ignore[arg-type]
+                             live_state.LiveRequest(("m", "cpu", "auto"), " ", "h", "p",
+                                                    MonitorConfig()))
 
 
 @pytest.mark.e2e
@@ -250,9 +247,10 @@ def test_backtracking_run_on_default_model_ends_with_summary(tmp_path: Path,
     assert "<s>" in transcript and "⚠ alarm" in transcript
     assert [b.label for b in at.get("download_button")] == [
         "Download the result (JSON)", "Download the figure (HTML)"]
-    job = live_state.job_board().get(at.session_state[live.JOB_KEY])
-    assert job is not None and job.progress.result is not None
-    assert job.config.mode == "backtrack" and job.config.max_new_tokens == 24
+    job = board().get(at.session_state[live.JOB_KEY])
+    assert job is not None and live_state.live_progress(job).result is not None
+    config = live_state.live_run(job).config
+    assert config.mode == "backtrack" and config.max_new_tokens == 24
     for key in (live.JOB_KEY, live.THRESHOLD_FOR_KEY):  # small plain values only
         json.dumps(at.session_state[key])
 

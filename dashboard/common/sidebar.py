@@ -1,7 +1,8 @@
 """The sidebar every page shares: choose and load a model, and show its card.
 
-The model loads when the user presses "Load model" (or when a page asks for one, see
-`request_model`), never on a plain page view, so opening the app is instant.
+The model loads when the user presses "Load model" (or when a page's run asks for one, see
+`request_model` and `dashboard.common.runs`), never on a plain page view, so opening the app is
+instant.
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ def typed_choice() -> ModelChoice:
                        st.session_state.get(DTYPE_KEY, "auto"))
 
 
-def request_model() -> None:
-    """Make the sidebar's current inputs the session's model; it loads on this or the next run."""
+def request_model() -> ModelChoice:
+    """Make the sidebar's current inputs the session's model (it loads on this or the next run)
+    and return it."""
     st.session_state.pop(ERROR_KEY, None)
-    set_model_choice(typed_choice())
+    choice = typed_choice()
+    set_model_choice(choice)
+    return choice
+
+
+def load_pressed() -> None:
+    """on_click of "Load model" (and of a page's own load button)."""
+    request_model()
 
 
 def model_card(loaded: LoadedModel) -> None:
@@ -70,7 +79,7 @@ def render_model_sidebar() -> LoadedModel | None:
                        help="auto: a CUDA GPU, then Apple mps, then the CPU.")
         right.selectbox("Dtype", list(DTYPES), key=DTYPE_KEY,
                         help="auto: bfloat16 on a GPU that supports it, float32 on the CPU.")
-        st.button("Load model", type="primary", width="stretch", on_click=request_model)
+        st.button("Load model", type="primary", width="stretch", on_click=load_pressed)
         choice = model_choice()
         if choice is None:
             if ERROR_KEY in st.session_state:

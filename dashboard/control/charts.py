@@ -3,9 +3,9 @@ export bytes out. No Streamlit here, and no torch (the quadrant names are writte
 checks they match `core.control.entropy.QUADRANTS`).
 
 The token table is `core.control.conflicts.scan_conflicts(...).tokens` with a `quadrant` column
-(`core.control.conflicts.with_quadrants`) and the decoded token text (`target_text`, `top_text`) that
-`dashboard.finetune_state` adds. Cuts are anything with `p`, `h` and `uncertain` (a
-`core.control.entropy.Cuts`).
+(`core.control.conflicts.with_quadrants`) and the decoded token text (`target_text`,
+`top_text`) that `dashboard.control.state` adds. Cuts are anything with `p`, `h` and
+`uncertain` (a `core.control.entropy.Cuts`).
 
     figures = plane_figures(p, h, grad, {"sft": w_sft, "eaft": w_eaft}, cuts)
     html = example_html(tokens_of_one_example, colour_by="p")
@@ -37,7 +37,7 @@ QUADRANT_COLOURS = {
     "uncertain": "#F2B701",
     "other": "#BAB0AC",
 }
-# quadrant table columns of `core.control.conflicts.ConflictSummary.quadrants` -> what the page calls them
+# quadrant table columns of `core.control.conflicts.ConflictSummary.quadrants` -> page titles
 SHARE_TITLES = {
     "token_share": "tokens",
     "loss_share": "SFT loss",
@@ -219,6 +219,12 @@ def plane_figures(p: np.ndarray, h: np.ndarray, grad_norm: np.ndarray,
 # ---------------------------------------------------------------------------- quadrants
 
 
+def numbers(table: pd.DataFrame, column: str) -> pd.Series[float]:
+    """A numeric column as floats, by the table's index: `numbers(t, "p").loc[row]` is a
+    float (pandas types a frame's cells as any scalar at all)."""
+    return table[column].astype(float)
+
+
 def quadrant_table(quadrants: pd.DataFrame) -> pd.DataFrame:
     """`ConflictSummary.quadrants` for display: quadrant (its title), tokens (a count) and the
     four shares (tokens, SFT loss, SFT gradient, EAFT gradient) as fractions."""
@@ -226,10 +232,10 @@ def quadrant_table(quadrants: pd.DataFrame) -> pd.DataFrame:
     for name in QUADRANTS:
         if name not in quadrants.index:
             continue
-        row = quadrants.loc[name]
-        rows.append({"quadrant": QUADRANT_TITLES[name], "n_tokens": int(row["n_tokens"]),
-                     **{title: float(row[col]) for col, title in SHARE_TITLES.items()
-                        if col in row.index}})
+        rows.append({"quadrant": QUADRANT_TITLES[name],
+                     "n_tokens": int(numbers(quadrants, "n_tokens").loc[name]),
+                     **{title: float(numbers(quadrants, col).loc[name])
+                        for col, title in SHARE_TITLES.items() if col in quadrants.columns}})
     return pd.DataFrame(rows)
 
 
@@ -241,7 +247,7 @@ def quadrant_share_figure(quadrants: pd.DataFrame) -> go.Figure:
     for name in QUADRANTS:
         if name not in quadrants.index:
             continue
-        values = [100 * float(quadrants.loc[name, col]) for col in measures]
+        values = [100 * float(numbers(quadrants, col).loc[name]) for col in measures]
         fig.add_trace(go.Bar(
             y=[SHARE_TITLES[col] for col in measures], x=values, orientation="h",
             name=QUADRANT_TITLES[name], marker={"color": QUADRANT_COLOURS[name]},
@@ -321,21 +327,23 @@ def example_html(tokens: pd.DataFrame, colour_by: str = "p", weight_column: str 
     if colour_by == "gate" and weight_column not in tokens.columns:
         raise ValueError(f"Colouring by the gate needs a {weight_column!r} column.")
     spans = []
-    for row in tokens.itertuples(index=False):
-        quadrant = str(row.quadrant)
-        weight = float(getattr(row, weight_column)) if hasattr(row, weight_column) else math.nan
-        colour = (_p_colour(float(row.p)) if colour_by == "p" else
-                  _gate_colour(weight) if colour_by == "gate" else _quadrant_colour(quadrant))
-        tip = (f"target {visible_token(row.target_text)!r} · model's top "
-               f"{visible_token(row.top_text)!r} · p {float(row.p):.3f} · H~ "
-               f"{float(row.entropy_norm):.3f}"
+    weights = (tokens[weight_column].to_numpy(dtype=float) if weight_column in tokens.columns
+               else np.full(len(tokens), math.nan))
+    for quadrant, p, h, weight, target, top in zip(
+            tokens["quadrant"].astype(str), tokens["p"].to_numpy(dtype=float),
+            tokens["entropy_norm"].to_numpy(dtype=float), weights,
+            tokens["target_text"].astype(str), tokens["top_text"].astype(str), strict=True):
+        colour = (_p_colour(float(p)) if colour_by == "p" else
+                  _gate_colour(float(weight)) if colour_by == "gate"
+                  else _quadrant_colour(quadrant))
+        tip = (f"target {visible_token(target)!r} · model's top {visible_token(top)!r} · p "
+               f"{p:.3f} · H~ {h:.3f}"
                + (f" · {gate_title} {weight:.3f}" if not math.isnan(weight) else "")
                + f" · {QUADRANT_TITLES.get(quadrant, quadrant)}")
         mark = (f"border-bottom:2px solid {CORNER_COLOUR};" if quadrant == "confident_conflict"
                 else "")
         spans.append(f'<span title="{html.escape(tip)}" style="background:{colour};{mark}'
-                     f'border-radius:3px;padding:1px 0">{html.escape(str(row.target_text))}'
-                     "</span>")
+                     f'border-radius:3px;padding:1px 0">{html.escape(target)}</span>')
     if colour_by == "p":
         scale = "".join(f'<span style="background:{_p_colour(v / 4)};padding:1px 6px">'
                         f"{v / 4:.2f}</span>" for v in range(5))
@@ -432,7 +440,7 @@ def hover_labels(tokens: pd.DataFrame) -> list[str]:
 __all__ = [
     "BINS", "COLOUR_MODES", "CONFLICT_COLUMNS", "EXPORT_COLUMNS", "QUADRANTS", "QUADRANT_TITLES",
     "SHARE_TITLES", "PlaneGrid", "compare_figure", "conflict_rows", "density_figure",
-    "example_html", "hover_label", "hover_labels", "plane_figures", "plane_grid",
+    "example_html", "hover_label", "hover_labels", "numbers", "plane_figures", "plane_grid",
     "pressure_figure", "pressure_grids", "quadrant_share_figure", "quadrant_table",
     "table_bytes", "visible_token", "weights_table",
 ]

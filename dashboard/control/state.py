@@ -4,18 +4,17 @@ scans cached per model, file and settings, and comparison runs working in backgr
 - `read_finetune_file` and `scan_part` are `st.cache_data`, keyed on the file's content hash
   (never on an object) and the settings; a scan is cached in parts of PART_SIZE examples, so the
   page reports progress between parts and an interrupted scan resumes where it stopped.
-- A comparison run takes minutes, so it works in a thread (`CompareJob`) that draws nothing: a
-  widget press reruns the page, which finds the same run on the process-wide `CompareBoard`
-  (`st.cache_resource`) by its key (model + both files' hashes + settings) and follows it on.
-  A finished run stays on the board under that key: the same request later is a cache hit.
+- A comparison run takes minutes, so it works in a background job (`dashboard.common.jobs`):
+  a widget press reruns the page, which finds the same job on the process's board by its key
+  (model + both files' hashes + settings) and follows it on. A finished run stays on the board
+  under that key: the same request later is a cache hit.
 - Session state holds only small plain values (the requests, as dicts of strings and numbers).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,12 @@ from core.control.conflicts import TOKEN_COLUMNS, ConflictScan, scan_conflicts
 from core.control.entropy import NORMS
 from core.control.finetune import CompareConfig, finetune_compare
 from core.control.finetune_data import FinetuneExample, FinetuneLoad, read_finetune
+from core.progress import Progress
 from core.runtime.models import LoadedModel
-from dashboard.common.state import SAMPLE_FOLDER, get_model
+from dashboard.common.jobs import Job, board
+from dashboard.common.state import SAMPLE_FOLDER, ModelKey, get_model, model_key
 
-Progress = Callable[[int, int], None]
 PART_SIZE = 4  # examples per cached scan part (and per forward batch)
-MAX_JOBS = 8  # comparison runs kept on the board
 TEXT_COLUMNS = ("target_text", "top_text")  # decoded token text the page adds to a scan
 
 
@@ -51,8 +50,8 @@ def has_peft() -> bool:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def read_finetune_file(data: bytes, name: str) -> FinetuneLoad:
-    """`core.control.finetune_data.read_finetune` on a file's bytes: never raises on content; every bad
-    line is an issue naming the line and the field."""
+    """`core.control.finetune_data.read_finetune` on a file's bytes: never raises on content;
+    every bad line is an issue naming the line and the field."""
     return read_finetune(data, name=name)
 
 
@@ -86,7 +85,7 @@ class ScanSettings:
 class ScanRequest:
     """What "Scan tokens" asked for: the model, the file (content hash) and the settings."""
 
-    model: tuple[str, str, str]
+    model: ModelKey
     file_hash: str
     settings: ScanSettings
 
@@ -99,8 +98,7 @@ class ScanRequest:
         if not isinstance(value, dict):
             return None
         try:
-            spec, device, dtype = value["model"]
-            return cls((str(spec), str(device), str(dtype)), str(value["file_hash"]),
+            return cls(model_key(value["model"]), str(value["file_hash"]),
                        ScanSettings(**value["settings"]))
         except (KeyError, TypeError, ValueError):
             return None
@@ -113,11 +111,11 @@ def decoded_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=5000)
-def scan_part(model: tuple[str, str, str], file_hash: str, settings: ScanSettings, start: int,
+def scan_part(model: ModelKey, file_hash: str, settings: ScanSettings, start: int,
               _examples: tuple[FinetuneExample, ...]) -> ConflictScan:
-    """`core.control.conflicts.scan_conflicts` on one part of a file (examples start .. start + len),
-    with the decoded text of each target and top token. `_examples` is not hashed: the other
-    arguments name it."""
+    """`core.control.conflicts.scan_conflicts` on one part of a file (examples start .. start +
+    len), with the decoded text of each target and top token. `_examples` is not hashed: the
+    other arguments name it."""
     loaded = get_model(*model)
     scan = scan_conflicts(loaded, list(_examples), k=settings.k, norm=settings.norm,
                           batch_size=PART_SIZE, max_tokens=settings.max_tokens)
@@ -131,9 +129,12 @@ def scan_part(model: tuple[str, str, str], file_hash: str, settings: ScanSetting
 def scan_file(request: ScanRequest, examples: Sequence[FinetuneExample],
               progress: Progress | None = None) -> ConflictScan:
     """The scan of the first `max_examples` examples, part by part (each part cached on its own)
-    with `progress(examples done, total)` reported between parts, outside any cached call."""
+    with `progress(examples done, total)` reported between parts, outside any cached call, (0,
+    total) first."""
     settings = request.settings
     chosen = list(examples)[: settings.max_examples] if settings.max_examples else list(examples)
+    if progress:
+        progress(0, len(chosen))
     parts = []
     for start in range(0, len(chosen), PART_SIZE):
         part = tuple(chosen[start : start + PART_SIZE])
@@ -156,7 +157,7 @@ class CompareRequest:
     """One comparison run: the model, the target and general files (content hashes) and the
     `CompareConfig` fields the page sets. `key` names it on the board."""
 
-    model: tuple[str, str, str]
+    model: ModelKey
     train_hash: str
     general_hash: str
     methods: tuple[str, ...]
@@ -178,90 +179,47 @@ class CompareRequest:
                              target_new_tokens=self.target_new_tokens,
                              general_new_tokens=self.general_new_tokens)
 
+    def with_model(self, model: ModelKey) -> CompareRequest:
+        return replace(self, model=model)
+
     @property
     def key(self) -> str:
-        return repr(asdict(self))
+        """The run's name on the job board."""
+        return "compare-" + repr(asdict(self))
 
+    def to_state(self) -> dict[str, Any]:
+        state = asdict(self)
+        state["model"], state["methods"] = list(self.model), list(self.methods)
+        return state
 
-@dataclass
-class CompareJob:
-    """One comparison run in a background thread; the page reads `done`, `total`, `table` and
-    `error` at any time (each is replaced, never mutated)."""
-
-    request: CompareRequest
-    done: int = 0
-    total: int = 0
-    table: pd.DataFrame | None = None
-    error: str | None = None
-    finished: bool = False
-    _thread: threading.Thread | None = field(default=None, repr=False)
-
-    @property
-    def running(self) -> bool:
-        return not self.finished
-
-    def progress(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-
-    def run(self, loaded: LoadedModel, train: Sequence[FinetuneExample],
-            general: Sequence[FinetuneExample], config: CompareConfig) -> None:
-        """`core.control.finetune.finetune_compare`; a failure becomes one sentence in `error`."""
+    @classmethod
+    def from_state(cls, value: object) -> CompareRequest | None:
+        if not isinstance(value, dict):
+            return None
         try:
-            self.table = finetune_compare(loaded, train, general, config, progress=self.progress)
-        except Exception as error:  # noqa: BLE001 - shown on the page as a sentence
-            first = (str(error).strip().splitlines() or [""])[0][:300]
-            self.error = f"The comparison failed: {type(error).__name__}: {first}"
-        finally:
-            self.finished = True
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ends (tests); True if it did."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.finished
+            return cls(**{**value, "model": model_key(value["model"]),
+                          "methods": tuple(str(m) for m in value["methods"])})
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
-class CompareBoard:
-    """The process's comparison runs by request key; finished runs beyond MAX_JOBS are dropped,
-    oldest first, and a failed run is replaced when the same request starts again."""
+def start_compare(request: CompareRequest, loaded: LoadedModel,
+                  train: Sequence[FinetuneExample],
+                  general: Sequence[FinetuneExample]) -> Job[pd.DataFrame]:
+    """The comparison run for `request` on the process's job board (`dashboard.common.jobs`):
+    the one there (running, or finished with its table), or a new one. Raises ValueError at
+    once for bad settings."""
+    config = request.config()
+    train, general = list(train), list(general)
 
-    def __init__(self) -> None:
-        self._jobs: dict[str, CompareJob] = {}
-        self._lock = threading.Lock()
+    def work(job: Job[pd.DataFrame]) -> pd.DataFrame:
+        return finetune_compare(loaded, train, general, config, progress=job.report)
 
-    def get(self, key: object) -> CompareJob | None:
-        with self._lock:
-            return self._jobs.get(key) if isinstance(key, str) else None
-
-    def start(self, request: CompareRequest, loaded: LoadedModel,
-              train: Sequence[FinetuneExample], general: Sequence[FinetuneExample],
-              runner: Callable[[CompareJob], None] | None = None) -> CompareJob:
-        """The run for `request`: the one on the board (running, or finished with a table), or a
-        new one started in a daemon thread. Raises ValueError at once for bad settings."""
-        config = request.config()
-        with self._lock:
-            job = self._jobs.get(request.key)
-            if job is not None and (job.running or job.error is None):
-                return job
-            job = CompareJob(request)
-            self._jobs[request.key] = job
-            finished = [k for k, j in self._jobs.items() if not j.running and k != request.key]
-            for old in finished[: max(0, len(self._jobs) - MAX_JOBS)]:
-                del self._jobs[old]
-        target = runner or (lambda j: j.run(loaded, list(train), list(general), config))
-        job._thread = threading.Thread(target=target, args=(job,), daemon=True,
-                                       name="telltale-finetune-compare")
-        job._thread.start()
-        return job
-
-
-@st.cache_resource(show_spinner=False)
-def compare_board() -> CompareBoard:
-    return CompareBoard()
+    return board().start(request.key, work, "The comparison", request=request)
 
 
 __all__ = [
-    "PART_SIZE", "CompareBoard", "CompareJob", "CompareRequest", "ScanRequest", "ScanSettings",
-    "compare_board", "decoded_tokens", "finetune_samples", "has_peft", "read_finetune_file",
-    "scan_file", "scan_part",
+    "PART_SIZE", "CompareRequest", "ScanRequest", "ScanSettings", "decoded_tokens",
+    "finetune_samples", "has_peft", "read_finetune_file", "scan_file", "scan_part",
+    "start_compare",
 ]

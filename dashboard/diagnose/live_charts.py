@@ -226,9 +226,9 @@ def live_figure(kept: Sequence[StepLike], discarded: Sequence[StepLike], thresho
 
 
 def summary_counts(result: Any) -> dict[str, int | bool]:
-    """The end-of-run numbers of a `core.diagnose.monitor.MonitorResult`: kept steps, alarms among them,
-    discarded attempts, tokens in the answer, tokens processed (retries included), and whether
-    the alarm stopped generation."""
+    """The end-of-run numbers of a `core.diagnose.monitor.MonitorResult`: kept steps, alarms
+    among them, discarded attempts, tokens in the answer, tokens processed (retries included),
+    and whether the alarm stopped generation."""
     return {
         "steps": len(result.steps),
         "alarms": sum(bool(s.alarm) for s in result.steps),

@@ -2,33 +2,34 @@
 scores (c_step bars, the c_prefix line) grow step by step, an alarm shows where it fires, and in
 backtrack mode every discarded attempt stays on the page, struck through, with its scores.
 
-The run works in a background thread (`dashboard.live_state.LiveJob`); this page starts it,
-follows it by updating placeholders in place (no full-page rerun per token) and stops it through
-`monitor_events`' `should_stop` when Stop is pressed. Figures and the transcript come from
-`dashboard.charts_live`.
+Inputs -> request -> run -> show: a Start press is a `dashboard.common.runs.Run` whose request
+starts a background job (`live_state.start_job` on the `dashboard.common.jobs` board); the page
+follows it by updating placeholders in place (`live_view`, no full-page rerun per token) and
+stops it through `monitor_events`' `should_stop` when Stop is pressed.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
 from core.diagnose.monitor import MonitorConfig
 from core.diagnose.probes import ProbeBundle, probe_paths
 from dashboard.common import state
-from dashboard.diagnose import live_charts as charts_live
+from dashboard.common.jobs import Job, board
+from dashboard.common.runs import Run
+from dashboard.common.state import ModelKey
 from dashboard.diagnose import live_state
 from dashboard.diagnose import probe_state as dstate
-from dashboard.diagnose.probe_state import ProbeFile
+from dashboard.diagnose.live_state import LiveRequest
+from dashboard.diagnose.live_view import LiveView, show_result
 from dashboard.diagnose.probe_picker import probe_card
-from dashboard.common.sidebar import request_model
+from dashboard.diagnose.probe_state import ProbeFile
 
-JOB_KEY = "live_job"  # session state: the id of this session's latest run
-PENDING_KEY = "live_start_pending"  # Start was pressed: start the run in this rerun
+JOB_KEY = "live_job"  # session state: the key of this session's latest run on the board
+START_KEY = "live_start_request"  # session state: what Start asked for
 SAMPLE_KEY = "live_sample"
 PROMPT_KEY = "live_prompt"
 PROBE_KEY = "live_probe"
@@ -49,9 +50,6 @@ TRAINED_OPTION = "trained on the Traces page"
 PATH_OPTION = "a probe file on this machine ..."
 UPLOAD_OPTION = "upload a probe (.safetensors + .json) ..."
 OWN_PROMPT = "(your own prompt)"
-POLL_S = 0.15  # how often a running job is read; the text and chart redraw only on change
-PANEL_HEIGHT = 440
-LIVE_BLOCKS = 7  # steps shown in the reply box while writing, so the newest stays in view
 MODE_HELP = {
     "watch": "watch: flag alarms, let the model write on",
     "stop": "stop: end generation at the first alarm (the kill switch)",
@@ -63,6 +61,7 @@ NO_PROBE = (
     "  --out my-probe --layer 15\n```\n"
     "then choose **a probe file on this machine** and type `my-probe`, or upload "
     "`my-probe.safetensors` with `my-probe.json`.")
+START = Run(START_KEY, "Start")
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -197,8 +196,8 @@ def choose_sampling(mode: str) -> dict[str, float | int]:
 # ---------------------------------------------------------------------------- run control
 
 
-def current_job() -> live_state.LiveJob | None:
-    return live_state.job_board().get(st.session_state.get(JOB_KEY))
+def current_job() -> Job[Any] | None:
+    return board().get(st.session_state.get(JOB_KEY))
 
 
 def stop_current_job() -> None:
@@ -208,140 +207,37 @@ def stop_current_job() -> None:
         job.stop()
 
 
-def request_start() -> None:
-    """on_click of Start: the run starts further down this rerun, after the sidebar has loaded
-    the model (the one typed there, when none is loaded yet)."""
-    if state.model_choice() is None:
-        request_model()
-    st.session_state[PENDING_KEY] = True
-
-
-def start_run(prompt: str, probe: tuple[ProbeFile, ProbeBundle], mode: str,
-              threshold: float | None,
-              sampling: dict[str, float | int]) -> None:
-    """Start a run with the page's settings; problems are shown as one sentence."""
-    loaded = state.current_model()
-    if loaded is None:
-        st.warning("No model is loaded (see the sidebar): load one, then press **Start**.")
-        return
+def monitor_config(mode: str, threshold: float | None,
+                   sampling: dict[str, float | int]) -> MonitorConfig | None:
+    """The monitor's settings, or None with the sentence that says which one is wrong."""
     try:
-        config = MonitorConfig(
+        return MonitorConfig(
             mode=mode, threshold=threshold, temperature=float(sampling["temperature"]),
             top_p=float(sampling["top_p"]), max_new_tokens=int(sampling["max_new_tokens"]),
             seed=int(sampling["seed"]), retries=int(sampling["retries"]),
             max_backtracks=int(sampling["max_backtracks"]),
             retry_temperature_step=float(sampling["retry_temperature_step"]))
-        job = live_state.start_job(loaded, probe[1], prompt, config, probe_name=probe[0].name)
-    except ValueError as error:  # a probe for another model, an empty prompt, a bad setting
+    except ValueError as error:
+        st.error(str(error))
+        return None
+
+
+def start_pressed(probe: tuple[ProbeFile, ProbeBundle] | None) -> None:
+    """Start the run a Start press asked for, once its model is loaded; problems are one
+    sentence."""
+    taken = START.take(LiveRequest.from_state)
+    if taken is None or probe is None:
+        return
+    request, loaded = taken
+    if request.probe_hash != probe[0].hash:
+        st.error("The probe changed since **Start** was pressed: press **Start** again.")
+        return
+    try:
+        job = live_state.start_job(loaded, probe[1], request)
+    except ValueError as error:  # a probe for another model, an empty prompt
         st.error(str(error))
         return
-    st.session_state[JOB_KEY] = job.id
-
-
-# ---------------------------------------------------------------------------- output
-
-
-class LiveView:
-    """The placeholders of one run's display, redrawn in place."""
-
-    def __init__(self) -> None:
-        self.status = st.empty()
-        text_col, chart_col = st.columns([5, 6])
-        with text_col:
-            st.markdown("**Reply**, step by step")
-            self.transcript = st.container(height=PANEL_HEIGHT, border=True).empty()
-        self.chart = chart_col.empty()
-        self.details = st.empty()
-        self.draws = 0
-        self.steps_drawn = -1
-
-    def draw(self, job: live_state.LiveJob) -> None:
-        progress = job.progress
-        writing = not progress.finished
-        self.transcript.html(charts_live.transcript_html(
-            progress.text, progress.kept, progress.discarded, writing=writing,
-            last_blocks=LIVE_BLOCKS if writing else None))
-        n_steps = len(progress.kept) + len(progress.discarded)
-        if n_steps != self.steps_drawn or not writing:
-            self.draws += 1
-            title = "Probe scores per step" + (" (writing ...)" if writing else "")
-            figure = charts_live.live_figure(progress.kept, progress.discarded, job.threshold,
-                                             title=title)
-            self.chart.plotly_chart(figure, key=f"live_chart_{job.id}_{self.draws}")
-            self.steps_drawn = n_steps
-        if writing and progress.tokens == 0:
-            self.status.info(f"Reading the prompt ({job.config.mode} mode) ...",
-                             icon=":material/hourglass_top:")
-        elif writing:
-            alarms = sum(step.alarm for step in progress.kept)
-            self.status.info(
-                f"Writing ({job.config.mode} mode): {progress.tokens} tokens, "
-                f"{len(progress.kept)} steps scored, {alarms} alarm(s), "
-                f"{len(progress.discarded)} discarded. **Stop** ends it.",
-                icon=":material/edit_note:")
-
-    def follow(self, job: live_state.LiveJob) -> None:
-        """Redraw while the job runs; returns once it has finished."""
-        seen = -1
-        while True:
-            version = job.progress.version
-            if version != seen:
-                seen = version
-                self.draw(job)
-            if job.progress.finished:
-                return
-            time.sleep(POLL_S)
-
-
-def show_result(job: live_state.LiveJob, view: LiveView) -> None:
-    """The finished run: ending, summary numbers, step table, downloads."""
-    progress = job.progress
-    view.draw(job)
-    if progress.error:
-        view.status.error(progress.error)
-    result = progress.result
-    if result is None:
-        return
-    counts = charts_live.summary_counts(result)
-    if job.stop_requested and not result.stopped_by_alarm:
-        view.status.warning("Stopped by you before the end.", icon=":material/stop_circle:")
-    elif result.stopped_by_alarm:
-        view.status.error("The alarm stopped generation (stop mode: the kill switch).",
-                          icon=":material/front_hand:")
-    elif not progress.error:
-        view.status.success("Finished.", icon=":material/check_circle:")
-    with view.details.container():
-        cols = st.columns(6)
-        cols[0].metric("steps", counts["steps"])
-        cols[1].metric("alarms", counts["alarms"])
-        cols[2].metric("discarded", counts["discarded"], help="attempts dropped by backtracking")
-        cols[3].metric("tokens generated", counts["tokens_generated"],
-                       help="tokens in the final reply")
-        cols[4].metric("tokens processed", counts["tokens_processed"],
-                       help="every token the model read after the prompt, retries included")
-        cols[5].metric("stopped by alarm", "yes" if counts["stopped_by_alarm"] else "no")
-        st.caption(f"probe **{job.probe_name}** · mode **{result.mode}** · threshold "
-                   f"**{result.threshold:.3f}** · temperature {job.config.temperature} · top-p "
-                   f"{job.config.top_p} · seed {job.config.seed} · max {job.config.max_new_tokens}"
-                   " new tokens")
-        rows = charts_live.step_rows(result.steps, result.discarded)
-        with st.expander(f"Step table ({len(rows)} rows; discarded attempts struck through)"):
-            if rows.empty:
-                st.caption("No complete step.")
-            else:
-                st.table(charts_live.style_step_rows(rows), hide_index=True,
-                         border="horizontal")
-        record = {**result.as_dict(), "run": {"probe": job.probe_name,
-                                              "config": asdict(job.config)}}
-        figure = charts_live.live_figure(result.steps, result.discarded, result.threshold)
-        left, right = st.columns(2)
-        left.download_button("Download the result (JSON)", json.dumps(record, indent=2),
-                             file_name=f"telltale-live-{job.id}.json", mime="application/json",
-                             on_click="ignore")
-        right.download_button("Download the figure (HTML)",
-                              lambda: figure.to_html(include_plotlyjs=True),
-                              file_name=f"telltale-live-{job.id}.html", mime="text/html",
-                              on_click="ignore")
+    st.session_state[JOB_KEY] = job.key
 
 
 def render() -> None:
@@ -361,14 +257,19 @@ def render() -> None:
                             format_func=str.capitalize,
                             help="\n\n".join(MODE_HELP.values())))
         st.caption(MODE_HELP[mode])
-    sampling = choose_sampling(mode)
-    if st.session_state.pop(PENDING_KEY, False) and probe is not None:
-        start_run(prompt, probe, mode, threshold, sampling)
+    config = monitor_config(mode, threshold, choose_sampling(mode))
+    start_pressed(probe)
     job = current_job()
     running = job is not None and job.running
+    make = None
+    if probe is not None and config is not None and prompt.strip() and not running:
+        probe_file, settings = probe[0], config
+
+        def make(model: ModelKey) -> LiveRequest:
+            return LiveRequest(model, prompt, probe_file.hash, probe_file.name, settings)
+
     start_col, stop_col, note_col = st.columns([1, 1, 4])
-    start_col.button("Start", type="primary", width="stretch", on_click=request_start,
-                     disabled=running or probe is None or not prompt.strip())
+    START.button(make, where=start_col, width="stretch")
     stop_col.button("Stop", width="stretch", disabled=not running, on_click=stop_current_job)
     loaded = state.current_model()  # drawn on every run, so no stale note stays behind
     note_col.caption("No model loaded yet: **Start** loads the one typed in the sidebar."

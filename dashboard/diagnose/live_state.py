@@ -1,26 +1,21 @@
-"""What the Live page keeps between reruns: monitor runs working in background threads, and the
-sample problems. (Probe files are read and cached by `dashboard.diagnose_state`, as on the Traces
-page.)
+"""What the Live page keeps between reruns: its request, monitor runs on the process's job
+board (`dashboard.common.jobs`), and the sample problems. (Probe files are read and cached by
+`probe_state`, as on the Traces page.)
 
-Why a thread: a Stop press makes Streamlit rerun the script, which interrupts the running script
-at its next `st.*` call, so a monitor loop inside the script could never see the press. The run
-lives instead in a `LiveJob` (a thread that draws nothing and ends through `monitor_events`'
-`should_stop`); the page only reads its progress, so any rerun (Stop, a widget change) finds the
-same run and follows it on. Session state holds just the job's id (a short string); the jobs sit
-in one process-wide `JobBoard` (`st.cache_resource`).
+A monitor run works in a background job: a Stop press reruns the script, which a loop inside
+the script could never see. The job consumes `core.diagnose.monitor.monitor_events` (which ends
+through `should_stop`) into a frozen `LiveProgress` it publishes after every event; the page
+only reads it. Session state holds the request (plain values) and the job's key.
 
-    job = start_job(loaded, bundle, question, config, probe_name="my-probe")
-    job.progress.text, job.progress.kept   # read at any time; job.stop() ends it
+    job = start_job(loaded, bundle, request)
+    live_progress(job).text, job.finished   # read at any time; job.stop() ends it
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-
-import streamlit as st
+from dataclasses import dataclass, replace
+from typing import Any
 
 from core.data.arith import cot_prompt, generate_problems
 from core.diagnose.monitor import (
@@ -35,24 +30,64 @@ from core.diagnose.monitor import (
 )
 from core.diagnose.probes import ProbeBundle
 from core.runtime.models import LoadedModel
+from dashboard.common.jobs import Job, board
+from dashboard.common.state import ModelKey, model_key
 
 SAMPLE_SEED = 1000  # held out: the shipped traces and probes use seed 0
 N_SAMPLES = 8
-MAX_JOBS = 16  # finished jobs kept on the board (each holds one small result)
+# the MonitorConfig fields the page sets (the others keep their defaults)
+PAGE_SETTINGS = ("mode", "threshold", "temperature", "top_p", "max_new_tokens", "seed",
+                 "retries", "max_backtracks", "retry_temperature_step")
+
+
+@dataclass(frozen=True)
+class LiveRequest:
+    """A "Start" press: the model, the prompt, the probe (by its files' hash) and the monitor's
+    settings; kept in session state as plain values."""
+
+    model: ModelKey
+    prompt: str
+    probe_hash: str
+    probe_name: str
+    config: MonitorConfig
+
+    def to_state(self) -> dict[str, Any]:
+        return {"model": list(self.model), "prompt": self.prompt, "probe_hash": self.probe_hash,
+                "probe_name": self.probe_name,
+                "config": {k: getattr(self.config, k) for k in PAGE_SETTINGS}}
+
+    @classmethod
+    def from_state(cls, value: object) -> LiveRequest | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            config = MonitorConfig(**{k: value["config"][k] for k in PAGE_SETTINGS})
+            return cls(model_key(value["model"]), str(value["prompt"]), str(value["probe_hash"]),
+                       str(value["probe_name"]), config)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """What a running job shows beside its progress: the question, the settings, the threshold
+    in force (the config's, else the probe's calibrated one) and the probe's name."""
+
+    question: str
+    config: MonitorConfig
+    threshold: float
+    probe_name: str
 
 
 @dataclass(frozen=True)
 class LiveProgress:
-    """A run so far: the text, the kept and the discarded steps, and how it ended."""
+    """A run so far: the text, the kept and the discarded steps, and the result at the end."""
 
     text: str = ""
     kept: tuple[StepRecord, ...] = ()
     discarded: tuple[StepRecord, ...] = ()
     tokens: int = 0  # tokens written so far, retries included
-    version: int = 0  # +1 per event: the page redraws only when it changed
     result: MonitorResult | None = None
-    error: str | None = None
-    finished: bool = False
 
 
 def apply_event(progress: LiveProgress, event: MonitorEvent) -> LiveProgress:
@@ -63,111 +98,55 @@ def apply_event(progress: LiveProgress, event: MonitorEvent) -> LiveProgress:
     alarming attempt, first reported as discarded, comes again as kept. The final result
     replaces both lists.
     """
-    version = progress.version + 1
     if isinstance(event, TokenEvent):
-        return replace(progress, text=event.text, tokens=progress.tokens + 1, version=version)
+        return replace(progress, text=event.text, tokens=progress.tokens + 1)
     if isinstance(event, StepEvent):
         step = event.step
         if not step.kept:
-            return replace(progress, discarded=(*progress.discarded, step), version=version)
+            return replace(progress, discarded=(*progress.discarded, step))
         same = (step.index, step.attempt)
         discarded = tuple(d for d in progress.discarded if (d.index, d.attempt) != same)
         kept = tuple(sorted([*(k for k in progress.kept if k.index != step.index), step],
                             key=lambda r: r.index))
-        return replace(progress, kept=kept, discarded=discarded, version=version)
+        return replace(progress, kept=kept, discarded=discarded)
     if isinstance(event, DoneEvent):
         result = event.result
         return replace(progress, text=result.text, kept=tuple(result.steps),
-                       discarded=tuple(result.discarded), result=result, version=version)
+                       discarded=tuple(result.discarded), result=result)
     raise TypeError(f"Not a monitor event: {type(event).__name__}.")
 
 
-@dataclass
-class LiveJob:
-    """One monitor run in a background thread. Not a frozen record by design: the thread
-    replaces `progress` (itself frozen, never mutated) on each event, so a reader always sees a
-    consistent snapshot."""
-
-    question: str
-    config: MonitorConfig
-    threshold: float  # the one in force: the config's, else the probe's calibrated one
-    probe_name: str
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    progress: LiveProgress = field(default_factory=LiveProgress)
-    stop_requested: bool = False
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
-
-    @property
-    def running(self) -> bool:
-        return not self.progress.finished
-
-    def stop(self) -> None:
-        """Ask the run to end after the token being written (through `should_stop`)."""
-        self.stop_requested = True
-        self._stop.set()
-
-    def should_stop(self) -> bool:
-        return self._stop.is_set()
-
-    def run(self, events: Iterator[MonitorEvent]) -> None:
-        """Consume the monitor's events into `progress`; failures become one sentence."""
-        try:
-            for event in events:
-                self.progress = apply_event(self.progress, event)
-        except Exception as error:  # noqa: BLE001 - shown on the page as a sentence
-            first = (str(error).strip().splitlines() or [""])[0][:300]
-            self.progress = replace(self.progress,
-                                    error=f"The monitor failed: {type(error).__name__}: {first}")
-        finally:
-            self.progress = replace(self.progress, finished=True,
-                                    version=self.progress.version + 1)
+def live_progress(job: Job[Any]) -> LiveProgress:
+    """The latest progress a monitor job published (empty before the first event)."""
+    return job.snapshot if isinstance(job.snapshot, LiveProgress) else LiveProgress()
 
 
-class JobBoard:
-    """The process's live jobs by id; finished ones beyond `MAX_JOBS` are dropped, oldest
-    first."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, LiveJob] = {}
-        self._lock = threading.Lock()
-
-    def add(self, job: LiveJob) -> None:
-        with self._lock:
-            self._jobs[job.id] = job
-            finished = [k for k, j in self._jobs.items() if not j.running and k != job.id]
-            for key in finished[: max(0, len(self._jobs) - MAX_JOBS)]:
-                del self._jobs[key]
-
-    def get(self, job_id: object) -> LiveJob | None:
-        with self._lock:
-            return self._jobs.get(job_id) if isinstance(job_id, str) else None
+def live_run(job: Job[Any]) -> LiveRun:
+    if not isinstance(job.request, LiveRun):
+        raise TypeError(f"Job {job.key} is not a monitor run.")
+    return job.request
 
 
-@st.cache_resource(show_spinner=False)
-def job_board() -> JobBoard:
-    return JobBoard()
-
-
-def start_job(loaded: LoadedModel, bundle: ProbeBundle, question: str, config: MonitorConfig,
-              probe_name: str) -> LiveJob:
-    """Start a monitor run in a daemon thread and put it on the board. Raises ValueError at
-    once when the probe was made for another model."""
+def start_job(loaded: LoadedModel, bundle: ProbeBundle, request: LiveRequest) -> Job[Any]:
+    """Start a monitor run as a background job on the board (under a new key). Raises
+    ValueError at once when the probe was made for another model or the prompt is empty."""
     bundle.check_model(loaded.spec, loaded.hidden_size)
-    if not question.strip():
+    if not request.prompt.strip():
         raise ValueError("Type a prompt first.")
+    config = request.config
     threshold = bundle.meta.threshold if config.threshold is None else config.threshold
-    job = LiveJob(question=question, config=config, threshold=float(threshold),
-                  probe_name=probe_name)
-    events = monitor_events(loaded, bundle, question, config, should_stop=job.should_stop)
-    job._thread = threading.Thread(target=job.run, args=(events,), daemon=True,
-                                   name=f"telltale-live-{job.id}")
-    job_board().add(job)
-    job._thread.start()
-    return job
+    run = LiveRun(request.prompt, config, float(threshold), request.probe_name)
 
+    def work(job: Job[MonitorResult | None]) -> MonitorResult | None:
+        progress = LiveProgress()
+        job.publish(progress)
+        for event in monitor_events(loaded, bundle, request.prompt, config,
+                                    should_stop=job.should_stop):
+            progress = apply_event(progress, event)
+            job.publish(progress)
+        return progress.result
 
-# ---------------------------------------------------------------------------- prompts
+    return board().start(f"live-{uuid.uuid4().hex[:12]}", work, "The monitor", request=run)
 
 
 def sample_prompts(n: int = N_SAMPLES, seed: int = SAMPLE_SEED) -> list[tuple[str, str]]:

@@ -19,13 +19,16 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.diagnose.trace_charts import HALLUCINATED, LABEL_STYLE, hover_text, label_name
+from core.diagnose.metrics import RecoveryStat, ResidualTime
+from core.diagnose.report import RANKING_KEYS, EvaluationReport
+from dashboard.common.charts import hover_text
+from dashboard.diagnose.trace_charts import HALLUCINATED, LABEL_STYLE, label_name
 
 STEP_COLUMNS = ("trace_id", "step", "text", "step_score", "prefix_score", "alarm", "label",
                 "prefix_label", "phase")
 
-# Phase names as `core.diagnose.evaluation` spells them (kept here so this module does not import torch;
-# a test checks that the two agree), each with its shading and what it means.
+# Phase names as `core.diagnose.evaluation` spells them (kept here so this module does not import
+# torch; a test checks that the two agree), each with its shading and what it means.
 # phase -> (shading behind the step, legend swatch, meaning)
 PHASE_STYLE: dict[str, tuple[str, str, str]] = {
     "grounded": ("rgba(84, 162, 75, 0.10)", "rgba(84, 162, 75, 0.35)", "both scores low"),
@@ -47,6 +50,8 @@ SCORER_TITLES: dict[str, str] = {
     "max_nll": "max NLL",
     "min_prob": "min token probability",
     "global_mean_probe": "global-mean probe (SAPLMA-like)",
+    "last_token": "last-token probe",
+    "text": "text-only classifier (no hidden state)",
 }
 SCORER_COLOURS: dict[str, str] = {
     "probe": "#C0392B",
@@ -55,8 +60,9 @@ SCORER_COLOURS: dict[str, str] = {
     "max_nll": "#54A24B",
     "min_prob": "#B279A2",
     "global_mean_probe": "#F58518",
+    "last_token": "#9D755D",
+    "text": "#BAB0AC",
 }
-RANKING_KEYS = ("step_auroc", "step_auprc", "prefix_auroc", "final_auroc")
 METRIC_COLUMNS = ("scores", *RANKING_KEYS, "step_f1")
 METRIC_TITLES: dict[str, str] = {
     "step_auroc": "step AUROC", "step_auprc": "step AUPRC",
@@ -203,8 +209,8 @@ def token_heatmap_html(tokens: Sequence[Any], focus_step: int,
                        steps: Sequence[int] | None = None) -> str:
     """Response tokens coloured by the step probe's score on each (white 0 .. red 1), one line
     per step, the focus step outlined; hovering a token shows its score. Takes
-    `core.diagnose.evaluation.TokenScore` records (step, text, score); only `steps` (default: all) are
-    drawn. Token text is HTML-escaped."""
+    `core.diagnose.evaluation.TokenScore` records (step, text, score); only `steps` (default:
+    all) are drawn. Token text is HTML-escaped."""
     shown = sorted({t.step for t in tokens}) if steps is None else list(steps)
     rows = []
     for step in shown:
@@ -225,19 +231,18 @@ def token_heatmap_html(tokens: Sequence[Any], focus_step: int,
     return "<div>" + "".join(rows) + legend + "</div>"
 
 
-def metrics_table(report: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per scorer of an `evaluation_report`: the probes first, then each baseline;
+def metrics_table(report: EvaluationReport) -> pd.DataFrame:
+    """One row per scorer of an `EvaluationReport`: the probes first, then each baseline;
     columns scores, step_auroc, step_auprc, prefix_auroc, final_auroc, step_f1 (None where the
     data cannot support a value, or where a baseline has no calibrated threshold), and, when the
     report has bootstrap intervals, step_auroc_ci and final_auroc_ci as "low-high" text."""
-    intervals = report.get("intervals")
-    rows = [{"scores": SCORER_TITLES["probe"], **{k: report.get(k) for k in RANKING_KEYS},
-             "step_f1": report.get("step_f1")}]
-    names = list(report.get("baselines", {}))
+    rows: list[dict[str, Any]] = [{"scores": SCORER_TITLES["probe"], **report.probes.as_dict(),
+                                   "step_f1": report.step_f1}]
+    names = list(report.baselines)
     for name in names:
         rows.append({"scores": SCORER_TITLES.get(name, name),
-                     **{k: report["baselines"][name].get(k) for k in RANKING_KEYS},
-                     "step_f1": None})
+                     **report.baselines[name].as_dict(), "step_f1": None})
+    intervals = report.intervals
     if not intervals:
         return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     sources = [intervals["probe"], *(intervals["baselines"].get(n, {}) for n in names)]
@@ -248,17 +253,17 @@ def metrics_table(report: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*METRIC_COLUMNS, *INTERVAL_TITLES])
 
 
-def dynamic_table(report: Mapping[str, Any]) -> pd.DataFrame:
-    """The eight dynamic metrics of an `evaluation_report`: metric, value, meaning."""
-    dynamic = report.get("dynamic") or {}
+def dynamic_table(report: EvaluationReport) -> pd.DataFrame:
+    """The eight dynamic metrics of an `EvaluationReport`: metric, value, meaning."""
     return pd.DataFrame([{"metric": k, "value": v, "meaning": DYNAMIC_MEANING.get(k, "")}
-                         for k, v in dynamic.items()], columns=["metric", "value", "meaning"])
+                         for k, v in report.dynamic_dict().items()],
+                        columns=["metric", "value", "meaning"])
 
 
 def roc_figure(curves: Mapping[str, Any], title: str) -> go.Figure:
     """ROC curves (the probes thick and red, each baseline thin in its own colour), the chance
-    diagonal dotted. Takes `core.diagnose.evaluation.RocCurve`-like values (fpr, tpr, auroc) keyed by
-    scorer name."""
+    diagonal dotted. Takes `core.diagnose.evaluation.RocCurve`-like values (fpr, tpr, auroc)
+    keyed by scorer name."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
                              line={"dash": "dot", "color": "#999"}, hoverinfo="skip"))
@@ -305,10 +310,12 @@ def sweep_figure(rows: Sequence[Mapping[str, Any]], chosen_layer: int) -> go.Fig
     return fig
 
 
-def residual_time_figure(summary: Mapping[str, Any]) -> go.Figure:
+def residual_time_figure(residual: ResidualTime) -> go.Figure:
     """How many text-level recoveries kept the alarm up for 0, 1, 2, ... steps (the
-    `residual_time` summary of an `evaluation_report`)."""
-    counts = list(summary.get("counts") or [])
+    `residual_time` of an `EvaluationReport`)."""
+    summary = residual.summary()
+    listed = summary.get("counts")
+    counts = [int(c) for c in listed] if isinstance(listed, list) else []
     fig = go.Figure(go.Bar(
         x=list(range(len(counts))), y=counts, marker={"color": STEP_COLOUR}, name="recoveries",
         hovertemplate="alarm up %{x} step(s) after recovery: %{y} recoveries<extra></extra>"))
@@ -322,13 +329,13 @@ def residual_time_figure(summary: Mapping[str, Any]) -> go.Figure:
     return fig
 
 
-def recovery_sentence(recovery: Mapping[str, Any]) -> str:
+def recovery_sentence(recovery: RecoveryStat) -> str:
     """The recovery statistic in words, with its interval and the count it rests on."""
-    k, n = recovery.get("k"), recovery.get("n_chains", 0)
-    if not n:
+    k, n = recovery.k, recovery.n_chains
+    share, low, high = recovery.share_correct, recovery.ci_low, recovery.ci_high
+    if not n or share is None or low is None or high is None:
         return (f"No chain has {k} or more consecutive hallucinated steps and a known final "
                 "answer, so the recovery statistic cannot be measured here.")
-    share = recovery["share_correct"]
     return (f"Of the {n} chain(s) with at least {k} consecutive hallucinated steps, "
-            f"{recovery['n_correct']} still reached a correct answer: {share:.1%} "
-            f"(95% interval {recovery['ci_low']:.1%} to {recovery['ci_high']:.1%}).")
+            f"{recovery.n_correct} still reached a correct answer: {share:.1%} "
+            f"(95% interval {low:.1%} to {high:.1%}).")

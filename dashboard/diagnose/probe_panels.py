@@ -1,5 +1,5 @@
 """The Traces page's views of a file scored with a probe: headline numbers, the flagged-step
-list, one chain's scores with the step inspector, and the corpus view with its downloads.
+list, and one chain's scores with the step inspector (the corpus view is `corpus_panel`).
 
 The step in focus (shown in the inspector) is chosen by selecting a flagged step or clicking a
 bar of the chain chart; `resolve_focus` reads both selections before the chain picker is drawn,
@@ -9,25 +9,19 @@ so picking a flagged step of another chain can switch the chain picker to it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from core.data.traces import traces_to_jsonl
+from dashboard.common.widgets import figure_download
 from dashboard.diagnose import probe_charts as cd
 from dashboard.diagnose import probe_state as dstate
 from dashboard.diagnose.probe_picker import ScoredFile
 
 FOCUS_KEY = "probe_focus"  # session state: [trace_id, step] of the inspected step
 SEEN_KEY = "probe_focus_seen"  # session state: the selections seen on the last run
-ROC_LEVEL_KEY = "probe_roc_level"
-RECOVERY_K_KEY = "probe_recovery_k"
-ROC_LEVELS = {"step": "steps (step probe vs step labels)",
-              "final": "whole chains (prefix score at the last step)",
-              "prefix": "every prefix (prefix score vs prefix labels)"}
 SCORE_FORMAT = "%.3f"
 
 
@@ -87,12 +81,6 @@ def resolve_focus(scored: ScoredFile, flagged: pd.DataFrame, chain_key: str,
     st.session_state[SEEN_KEY] = {"table": table[0], "chart": chart[0], "chain": chain}
 
 
-def figure_download(fig: go.Figure, label: str, file_name: str, key: str) -> None:
-    """A button that downloads a figure as a standalone HTML page (built on click)."""
-    st.download_button(label, data=lambda: fig.to_html(include_plotlyjs=True, full_html=True),
-                       file_name=file_name, mime="text/html", key=key)
-
-
 def headline(scored: ScoredFile, flagged: pd.DataFrame) -> None:
     steps = scored.steps
     alarmed = steps.groupby("trace_id")["alarm"].any()
@@ -106,7 +94,7 @@ def headline(scored: ScoredFile, flagged: pd.DataFrame) -> None:
                    help="prefix score above the alarm threshold at some step")
     report = dstate.file_report(scored.key, 5, scored.chains, scored.threshold,
                                 scored.step_threshold)
-    value = report.get("step_auroc")
+    value = report.probes.step_auroc
     cols[4].metric("step AUROC", "n/a" if value is None else f"{value:.3f}",
                    help="on this file's step labels; n/a without them")
 
@@ -147,8 +135,8 @@ def show_chain_scores(scored: ScoredFile, trace_id: str, stem: str) -> None:
                                 scored.step_threshold, focus_step=step)
     st.plotly_chart(fig, key=chart_key(scored, trace_id), on_select="rerun",
                     selection_mode="points")
-    figure_download(fig, "Download this chart (HTML)", f"{stem}-{trace_id}-probe.html",
-                    "probe_chart_download")
+    figure_download("Download this chart (HTML)", fig, f"{stem}-{trace_id}-probe.html",
+                    key="probe_chart_download")
     inspect_step(scored, trace_id, step)
 
 
@@ -200,103 +188,3 @@ def inspect_step(scored: ScoredFile, trace_id: str, step: int) -> None:
                      "prefix_score": st.column_config.NumberColumn("prefix score",
                                                                    format=SCORE_FORMAT),
                      "text": st.column_config.TextColumn("text", width="large")})
-
-
-def _download_text(label: str, make: Callable[[], str], file_name: str, mime: str,
-                   key: str) -> None:
-    st.download_button(label, data=make, file_name=file_name, mime=mime, key=key)
-
-
-def show_corpus(scored: ScoredFile, stem: str) -> None:
-    """Metrics with baselines, ROC curves, the layer sweep, residual time, recovery and the
-    downloads."""
-    st.subheader("Corpus")
-    k = int(st.session_state.get(RECOVERY_K_KEY) or 5)
-    report = dstate.file_report(scored.key, k, scored.chains, scored.threshold,
-                                scored.step_threshold)
-    st.markdown(f"**Metrics** over {report['n_chains']} chains and {report['n_steps']} steps, "
-                f"alarm threshold {scored.threshold:.3f}; the baselines beside the probes. "
-                "None: the file's labels cannot support the number.")
-    table = cd.metrics_table(report)
-    st.dataframe(table, hide_index=True, column_config={
-        "scores": st.column_config.TextColumn("scores", width="medium"),
-        **{key: st.column_config.NumberColumn(title, format=SCORE_FORMAT, width="small")
-           for key, title in cd.METRIC_TITLES.items()},
-        **{key: st.column_config.TextColumn(title, width="medium")
-           for key, title in cd.INTERVAL_TITLES.items()}})
-    counts = report["final_counts"]
-    st.caption(f"Intervals: {dstate.BOOTSTRAP_RESAMPLES} bootstrap resamples of whole chains. "
-               f"The final AUROC rests on {counts['positive']} chains that went wrong and "
-               f"{counts['negative']} sound ones.")
-    with st.expander("Dynamic metrics (how the prefix alarm moves along a chain)"):
-        st.dataframe(cd.dynamic_table(report), hide_index=True, column_config={
-            "value": st.column_config.NumberColumn("value", format=SCORE_FORMAT),
-            "meaning": st.column_config.TextColumn("meaning", width="large")})
-    left, right = st.columns(2)
-    with left:
-        level = st.selectbox("ROC curves of", list(ROC_LEVELS), key=ROC_LEVEL_KEY,
-                             format_func=lambda v: ROC_LEVELS[v])
-        curves = dstate.file_roc_curves(scored.key, level, scored.chains)
-        if curves:
-            fig = cd.roc_figure(curves, f"ROC: {ROC_LEVELS[level].split(' (')[0]}")
-            st.plotly_chart(fig, key="probe_roc_chart")
-            figure_download(fig, "Download the ROC curves (HTML)", f"{stem}-roc-{level}.html",
-                            "probe_roc_download")
-        else:
-            st.info("No ROC curve: the labels at this level hold a single class or none.")
-    with right:
-        sweep = scored.bundle.meta.metrics.get("sweep") or []
-        if sweep:
-            fig = cd.sweep_figure(sweep, scored.bundle.meta.layer)
-            st.plotly_chart(fig, key="probe_sweep_chart")
-            figure_download(fig, "Download the layer sweep (HTML)", f"{stem}-sweep.html",
-                            "probe_sweep_download")
-        else:
-            st.info(f"This probe was trained at one layer ({scored.bundle.meta.layer}), so it "
-                    "holds no layer-sweep curve; train with a sweep to see one.")
-    left, right = st.columns(2)
-    with left:
-        residual = report.get("residual_time")
-        if residual and residual.get("n"):
-            fig = cd.residual_time_figure(residual)
-            st.plotly_chart(fig, key="probe_residual_chart")
-            st.caption(f"mean {residual['mean']:.2f}, median {residual['median']:.1f}, "
-                       f"90th percentile {residual['p90']:.1f}, max {residual['max']} steps.")
-            figure_download(fig, "Download the residual-time histogram (HTML)",
-                            f"{stem}-residual-time.html", "probe_residual_download")
-        else:
-            st.info("No residual time: no chain's step labels go back from 1 to 0.")
-    with right:
-        st.number_input("Recovery statistic: run length k", min_value=1, max_value=20, value=5,
-                        key=RECOVERY_K_KEY, help="chains with at least k consecutive "
-                        "hallucinated steps")
-        recovery = report["recovery"]
-        share = recovery.get("share_correct")
-        st.metric(f"still correct after {k}+ hallucinated steps",
-                  "n/a" if share is None else f"{share:.1%}",
-                  help="share of those chains whose final answer is correct")
-        st.caption(cd.recovery_sentence(recovery))
-    downloads(scored, report, table, stem)
-
-
-def downloads(scored: ScoredFile, report: dict[str, Any], table: pd.DataFrame,
-              stem: str) -> None:
-    meta = scored.bundle.meta
-    ordered = [scored.traces[c.trace_id] for c in scored.chains]
-
-    def scored_jsonl() -> str:
-        from core.diagnose.evaluation import scored_traces
-
-        return traces_to_jsonl(scored_traces(ordered, scored.chains, threshold=scored.threshold,
-                                             layer=meta.layer, probe_name=scored.probe.name))
-
-    cols = st.columns(3)
-    with cols[0]:
-        _download_text("Download the scored chains (JSONL)", scored_jsonl,
-                       f"{stem}-scored.jsonl", "application/jsonl", "probe_download_scored")
-    with cols[1]:
-        _download_text("Download the metrics (JSON)", lambda: json.dumps(report, indent=2),
-                       f"{stem}-metrics.json", "application/json", "probe_download_json")
-    with cols[2]:
-        _download_text("Download the metrics (CSV)", lambda: table.to_csv(index=False),
-                       f"{stem}-metrics.csv", "text/csv", "probe_download_csv")

@@ -1,8 +1,8 @@
 """The Traces page's probe section: pick a probe (shipped, uploaded, or trained here on the
-open file), score the file with it, and hand the scored file to `dashboard.diagnose_panels`.
+open file), score the file with it, and hand the scored file to `probe_panels`.
 
-Scoring and training wait for a button press, which stores a small request in session state
-and reruns, so the sidebar loads the model (and shows its card) before the work starts.
+Training and scoring are `dashboard.common.runs.Run`s: a press keeps a small request in session
+state, the sidebar loads its model, and the cached work runs under a progress bar.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from core.data.traces import Trace
 from core.diagnose.evaluation import ScoredChain
 from core.diagnose.probe_training import TRAIN_POOLINGS
 from core.diagnose.probes import ProbeBundle
+from dashboard.common.runs import Run
+from dashboard.common.state import ModelKey
+from dashboard.common.widgets import download
 from dashboard.diagnose import probe_state as dstate
-from dashboard.common import state
 from dashboard.diagnose.probe_state import ProbeFile, Reading, ScoreRequest, TrainRequest
-from dashboard.common.sidebar import request_model
 
 SOURCE_KEY = "probe_source"
 SHIPPED_KEY = "probe_shipped"
@@ -34,6 +35,9 @@ TRAIN_INPUT_KEY = "probe_train_step_input"
 SOURCES = {"shipped": "shipped with Telltale", "upload": "upload a probe",
            "train": "train one here on this file"}
 
+TRAIN = Run(dstate.TRAIN_REQUEST_KEY, "Train probe", noun="training")
+SCORE = Run(dstate.SCORE_REQUEST_KEY, "Score with this probe", noun="scoring")
+
 
 @dataclass(frozen=True, eq=False)
 class ScoredFile:
@@ -44,7 +48,7 @@ class ScoredFile:
     bundle: ProbeBundle
     traces: dict[str, Trace]
     chains: list[ScoredChain]
-    steps: pd.DataFrame  # one row per scored step, `charts_diagnose.STEP_COLUMNS`
+    steps: pd.DataFrame  # one row per scored step, `probe_charts.STEP_COLUMNS`
 
     @property
     def key(self) -> str:
@@ -60,7 +64,7 @@ class ScoredFile:
 
 
 def _fmt(value: object) -> str:
-    return "n/a" if value is None else f"{float(value):.3f}"  # type: ignore[arg-type]
+    return "n/a" if not isinstance(value, int | float) else f"{float(value):.3f}"
 
 
 def probe_card(probe: ProbeFile, bundle: ProbeBundle) -> None:
@@ -94,7 +98,7 @@ def uploaded_probe() -> ProbeFile | None:
 
 
 def train_form(file_hash: str, reading: Reading) -> None:
-    """Layer or sweep and a few options; a press stores a TrainRequest and reruns."""
+    """Layer or sweep and a few options, and the "Train probe" button."""
     mode = st.radio("Layer", ["one layer", "sweep layers"], key=TRAIN_MODE_KEY,
                     horizontal=True, help="A sweep trains at every listed layer and keeps the "
                     "best on validation chains (split off by problem, never test data).")
@@ -113,50 +117,29 @@ def train_form(file_hash: str, reading: Reading) -> None:
                                    "released code's k = 3; mean; last token.")
     step_input = st.checkbox("Feed the step score to the tracker (paper); off: only in its loss "
                              "(released code)", key=TRAIN_INPUT_KEY)
-    if st.button("Train probe", type="primary"):
-        if state.model_choice() is None:
-            request_model()
-        choice = state.model_choice()
-        assert choice is not None
-        dstate.set_request(dstate.TRAIN_REQUEST_KEY, TrainRequest(
-            choice.as_tuple(), file_hash, reading, layers, mode == "sweep layers", int(epochs),
-            str(pooling), bool(step_input)))
-        st.rerun()
+
+    def make(model: ModelKey) -> TrainRequest:
+        return TrainRequest(model, file_hash, reading, layers, mode == "sweep layers",
+                            int(epochs), str(pooling), bool(step_input))
+
+    TRAIN.button(make)
 
 
-def run_pending_training(file_hash: str, reading: Reading, traces: list[Trace],
-                         stem: str) -> None:
-    """Train when a request for this file waits and its model is loaded; progress bars for the
-    capture and the training. The request is used once, whatever the outcome."""
-    request = dstate.get_request(dstate.TRAIN_REQUEST_KEY, TrainRequest)
+def run_training(file_hash: str, reading: Reading, traces: list[Trace], stem: str) -> None:
+    """The training asked for on this file (cached: a rerun finds it again): keep the probe for
+    this session and say how it went."""
+    request = TRAIN.request(TrainRequest.from_state)
     if request is None or request.file_hash != file_hash or request.reading != reading:
         return
-    choice = state.model_choice()
-    if choice is None or choice.as_tuple() != request.model:
-        return  # the sidebar is loading it, or it failed (the sidebar says so)
-    dstate.set_request(dstate.TRAIN_REQUEST_KEY, None)
-    capture_bar = st.progress(0.0, text="Reading the chains with the model ...")
-    train_bar = st.progress(0.0, text="Training waits for the features ...")
-
-    def captured(done: int, total: int) -> None:
-        capture_bar.progress(done / max(total, 1), text=f"Read {done} of {total} chain(s)")
-
-    def trained(done: int, total: int) -> None:
-        train_bar.progress(done / max(total, 1), text=f"Trained {done} of {total}")
-
-    try:
-        probe, result = dstate.train_here(request, traces, stem, captured, trained)
-    except Exception as error:  # noqa: BLE001 - one sentence; the page keeps working
-        capture_bar.empty()
-        train_bar.empty()
-        st.error(f"Training failed: {error}" if isinstance(error, ValueError)
-                 else f"Training failed: {type(error).__name__}: {error}")
+    trained = TRAIN.result(request, lambda bar: dstate.train_here(request, stem, traces, bar),
+                           "Reading the chains with the model", "chain(s)")
+    if trained is None:
         return
-    capture_bar.empty()
-    train_bar.empty()
+    probe = trained.probe
+    dstate.keep_trained(probe)
     st.session_state[dstate.TRAINED_KEY] = {"hash": probe.hash, "name": probe.name}
-    st.success(f"Trained {probe.name} on {result.n_train_chains} chains (validation: "
-               f"{result.n_val_chains} chains of other problems).")
+    st.success(f"Trained {probe.name} on {trained.n_train_chains} chains (validation: "
+               f"{trained.n_val_chains} chains of other problems).")
 
 
 def trained_probe() -> ProbeFile | None:
@@ -169,11 +152,10 @@ def trained_probe() -> ProbeFile | None:
         st.info("The probe trained earlier is gone (the app restarted); train it again.")
         return None
     left, right = st.columns(2)
-    left.download_button("Download the trained probe weights (.safetensors)", probe.weights,
-                         file_name=f"{probe.name}.safetensors",
-                         mime="application/octet-stream")
-    right.download_button("Download its sidecar (.json)", probe.sidecar,
-                          file_name=f"{probe.name}.json", mime="application/json")
+    download("Download the trained probe weights (.safetensors)", probe.weights,
+             f"{probe.name}.safetensors", "application/octet-stream", where=left)
+    download("Download its sidecar (.json)", probe.sidecar, f"{probe.name}.json",
+             "application/json", where=right)
     return probe
 
 
@@ -195,7 +177,7 @@ def choose_probe(file_hash: str, reading: Reading, traces: list[Trace],
     else:
         with st.container(border=True):
             train_form(file_hash, reading)
-            run_pending_training(file_hash, reading, traces, stem)
+            run_training(file_hash, reading, traces, stem)
             probe = trained_probe()
             if probe is None:
                 st.caption("Trains the step probe and prefix tracker on this file's labelled "
@@ -212,48 +194,20 @@ def choose_probe(file_hash: str, reading: Reading, traces: list[Trace],
     return probe, bundle
 
 
-def ask_for_scores(file_hash: str, reading: Reading, probe: ProbeFile) -> None:
-    if st.button("Score with this probe", type="primary"):
-        if state.model_choice() is None:
-            request_model()
-        choice = state.model_choice()
-        assert choice is not None
-        dstate.set_request(dstate.SCORE_REQUEST_KEY,
-                           ScoreRequest(choice.as_tuple(), file_hash, reading, probe.hash))
-        st.rerun()
-
-
 def current_scores(file_hash: str, reading: Reading, probe: ProbeFile, bundle: ProbeBundle,
                    traces: list[Trace]) -> ScoredFile | None:
     """The file's probe scores (computed with a progress bar, or from the cache), or None with a
     note saying what to do."""
-    request = dstate.get_request(dstate.SCORE_REQUEST_KEY, ScoreRequest)
+    request = SCORE.request(ScoreRequest.from_state)
     if request is None or (request.file_hash, request.reading, request.probe_hash) != (
             file_hash, reading, probe.hash):
         st.info("Press **Score with this probe** to score every step of this file.")
         return None
-    choice = state.model_choice()
-    if choice is None:
-        st.warning("Scoring needs a model: load one in the sidebar, then press **Score with "
-                   "this probe** again.")
+    scored = SCORE.result(request, lambda bar: dstate.score_file(request, traces, bundle, bar),
+                          "Scoring chains with the probe", "block(s) of chains")
+    if scored is None:
         return None
-    if choice.as_tuple() != request.model:
-        st.info("The model changed since the last scoring: press **Score with this probe** "
-                "again.")
-        return None
-    bar = st.progress(0.0, text="Scoring chains with the probe ...")
-
-    def report(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"Scored {done} of {total} block(s) of chains")
-
-    try:
-        chains, skipped = dstate.score_file(request, traces, bundle, progress=report)
-    except Exception as error:  # noqa: BLE001 - shown as a sentence, the page keeps working
-        bar.empty()
-        st.error(str(error) if isinstance(error, ValueError)
-                 else f"Scoring failed: {type(error).__name__}: {error}")
-        return None
-    bar.empty()
+    chains, skipped = scored
     if skipped:
         st.caption(f"{len(skipped)} chain(s) left out: " + "; ".join(skipped[:5]))
     if not chains:
@@ -272,5 +226,5 @@ def probe_section(file_hash: str, reading: Reading, traces: list[Trace],
     if chosen is None:
         return None
     probe, bundle = chosen
-    ask_for_scores(file_hash, reading, probe)
+    SCORE.button(lambda model: ScoreRequest(model, file_hash, reading, probe.hash))
     return current_scores(file_hash, reading, probe, bundle, traces)

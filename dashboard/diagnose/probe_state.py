@@ -1,21 +1,23 @@
-"""What the Traces page's probe view computes and keeps, beside `dashboard.state`: probe files
+"""What the Traces page's probe view computes and keeps, beside `trace_state`: probe files
 (shipped, uploaded or trained here), probe scores of a file, per-token scores and reports.
 
 - A probe is held as its two files' bytes (`ProbeFile`) and named by their content hash; the
-  parsed `ProbeBundle` is cached on that hash. Probes trained here live in a process-wide store
-  (`st.cache_resource`), session state holds only their hash.
-- Scores are cached with `st.cache_data` per block of chains, keyed on the model, the trace
-  file's content hash and reading options, and the probe's hash; so a rerun, another chain or
-  another session reuses them, and progress can be reported between blocks.
-- Nothing here draws on the page; the maths is `core` (capture, score_capture, step_phases,
-  evaluation_report, roc_curves, token_scores).
+  parsed `ProbeBundle` is cached on that hash (`core.diagnose.probes.probe_from_bytes`, no file
+  written). Probes trained here live in a process-wide store (`st.cache_resource`), session state
+  holds only their hash.
+- Training and scores are cached with `st.cache_data`, keyed on the model, the trace file's
+  content hash and reading options, and the probe's hash or the training settings; scores per
+  block of chains, so a rerun, another chain or another session reuses them, and progress is
+  reported between blocks.
+- Nothing here draws on the page, except the progress callbacks it is handed; the maths is
+  `core` (capture, train_probes, score_capture, step_phases, evaluation_report, roc_curves,
+  token_scores).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,18 +39,20 @@ from core.diagnose.evaluation import (
     token_scores,
 )
 from core.diagnose.feature_store import CaptureConfig, capture_in_memory
-from core.diagnose.probes import ProbeBundle, TrackerConfig, load_probe, save_probe
-from dashboard.common.state import SAMPLE_FOLDER, content_hash, get_model
+from core.diagnose.probes import ProbeBundle, TrackerConfig, probe_from_bytes, probe_to_bytes
+from core.diagnose.report import EvaluationReport
+from core.progress import Progress
+from dashboard.common.runs import Bar
+from dashboard.common.state import SAMPLE_FOLDER, ModelKey, content_hash, get_model, model_key
 
 PROBE_FOLDER = SAMPLE_FOLDER / "probes"
 SCORE_REQUEST_KEY = "probe_score_request"  # session state: what "Score" asked for
-TRAIN_REQUEST_KEY = "probe_train_request"  # session state: a training waiting for its model
+TRAIN_REQUEST_KEY = "probe_train_request"  # session state: what "Train probe" asked for
 TRAINED_KEY = "probe_trained"  # session state: {"hash", "name"} of the probe trained here
 BLOCK_CHAINS = 8  # chains per cached scoring block (progress is reported between blocks)
 STORE_SIZE = 16  # probes trained here kept per process
 BOOTSTRAP_RESAMPLES = 200  # AUROC intervals on the corpus view (resampling whole chains)
 
-Progress = Callable[[int, int], None]
 Reading = tuple[str, str, str | None]  # (format, step-splitting mode, pattern)
 
 
@@ -63,6 +67,12 @@ class ProbeFile:
     @property
     def hash(self) -> str:
         return content_hash(self.weights + b"\0" + self.sidecar)
+
+    @classmethod
+    def of(cls, bundle: ProbeBundle, name: str) -> ProbeFile:
+        """A bundle as its two files' bytes (`core.diagnose.probes.probe_to_bytes`)."""
+        weights, sidecar = probe_to_bytes(bundle)
+        return cls(name, weights, sidecar)
 
 
 def shipped_probes(folder: Path = PROBE_FOLDER) -> list[Path]:
@@ -83,26 +93,7 @@ def probe_bundle(probe_hash: str, _weights: bytes, _sidecar: bytes,
     """Parse a probe from its files' bytes (cached on their hash; `_name` only names the files
     in error messages). Raises ValueError with one sentence for anything that is not a probe
     file pair."""
-    try:
-        sidecar = json.loads(_sidecar.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"The probe sidecar {_name}.json is not valid JSON ({error}).") from None
-    if not isinstance(sidecar, dict):
-        raise ValueError(f"The probe sidecar {_name}.json must be a JSON object (the file "
-                         f"`telltale train` writes), not a {type(sidecar).__name__}.")
-    with tempfile.TemporaryDirectory(prefix="telltale-probe-") as folder:
-        base = Path(folder) / _name
-        base.with_name(f"{_name}.safetensors").write_bytes(_weights)
-        base.with_name(f"{_name}.json").write_bytes(_sidecar)
-        try:
-            return load_probe(base)
-        except ValueError as error:
-            raise ValueError(str(error).replace(f"{folder}/", "")) from None
-        except Exception as error:  # noqa: BLE001 - safetensors' own errors and the like
-            first = (str(error).strip().splitlines() or [""])[0][:200]
-            raise ValueError(f"{_name}.safetensors is not a Telltale probe's weights file "
-                             f"({type(error).__name__}: {first}); a probe is the .safetensors "
-                             "file and the .json sidecar that `telltale train` writes.") from None
+    return probe_from_bytes(_weights, _sidecar, _name)
 
 
 def load_bundle(probe: ProbeFile) -> ProbeBundle:
@@ -117,34 +108,27 @@ def trained_store() -> dict[str, ProbeFile]:
 
 def keep_trained(probe: ProbeFile) -> None:
     store = trained_store()
+    store.pop(probe.hash, None)
     store[probe.hash] = probe
     while len(store) > STORE_SIZE:
         store.pop(next(iter(store)))
 
 
-def bundle_files(bundle: ProbeBundle, name: str) -> ProbeFile:
-    """A bundle as its two files' bytes (written by `core.diagnose.probes.save_probe`)."""
-    with tempfile.TemporaryDirectory(prefix="telltale-probe-") as folder:
-        weights, sidecar = save_probe(Path(folder) / name, bundle)
-        return ProbeFile(name, weights.read_bytes(), sidecar.read_bytes())
-
-
 # ---------------------------------------------------------------------------- requests
 
 
-def _common_fields(value: dict[str, Any]) -> tuple[tuple[str, str, str], str, Reading]:
+def _common_fields(value: dict[str, Any]) -> tuple[ModelKey, str, Reading]:
     """(model, file_hash, reading) of a request kept in session state; raises on a bad shape."""
-    spec, device, dtype = value["model"]
     fmt, mode, pattern = value["reading"]
-    return (str(spec), str(device), str(dtype)), str(value["file_hash"]), \
-        (str(fmt), str(mode), pattern)
+    return (model_key(value["model"]), str(value["file_hash"]),
+            (str(fmt), str(mode), None if pattern is None else str(pattern)))
 
 
 @dataclass(frozen=True)
 class ScoreRequest:
     """What "Score with this probe" asked for; kept in session state as plain values."""
 
-    model: tuple[str, str, str]
+    model: ModelKey
     file_hash: str
     reading: Reading
     probe_hash: str
@@ -170,9 +154,9 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """A "Train" press: the file, the layer(s) and the options; plain values."""
+    """A "Train probe" press: the file, the layer(s) and the options; plain values."""
 
-    model: tuple[str, str, str]
+    model: ModelKey
     file_hash: str
     reading: Reading
     layers: str  # "middle", one layer "15", or a sweep "all" / "4-20" / "8,12,16"
@@ -198,29 +182,30 @@ class TrainRequest:
             return None
 
 
-def get_request(key: str, kind: type[ScoreRequest] | type[TrainRequest]) -> Any:
-    return kind.from_state(st.session_state.get(key))
-
-
-def set_request(key: str, request: ScoreRequest | TrainRequest | None) -> None:
-    if request is None:
-        st.session_state.pop(key, None)
-    else:
-        st.session_state[key] = request.to_state()
-
-
 # ---------------------------------------------------------------------------- training
 
 
-def train_here(request: TrainRequest, traces: Sequence[Trace], name: str,
-               capture_progress: Progress | None = None,
-               train_progress: Progress | None = None) -> tuple[ProbeFile, Any]:
-    """Capture the file's chains at the requested layer(s), train the probes (choosing the layer
-    on validation chains for a sweep), and keep the probe in the trained store. Returns the
-    probe files and `core.diagnose.probe_training.TrainResult`. ValueError for unusable data."""
+@dataclass(frozen=True)
+class Trained:
+    """A probe trained here: its files, and how many chains trained and validated it."""
+
+    probe: ProbeFile
+    n_train_chains: int
+    n_val_chains: int
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def train_here(request: TrainRequest, name: str, _traces: Sequence[Trace],
+               _progress: Bar | None = None) -> Trained:
+    """Capture the file's chains at the requested layer(s) and train the probes (choosing the
+    layer on validation chains for a sweep); cached on the request (which names `_traces`).
+    `_progress` reports the capture, then its `stage` the training. ValueError for unusable
+    data."""
     from core.diagnose.probe_training import TrainConfig, train_probes
     from core.runtime.layers import parse_layers
 
+    if _progress:
+        _progress(0, 0)
     loaded = get_model(*request.model)
     text = str(loaded.n_layers // 2) if request.layers.strip() in ("", "middle") else \
         request.layers
@@ -229,22 +214,22 @@ def train_here(request: TrainRequest, traces: Sequence[Trace], name: str,
         layers = layers[:1]
     config = TrainConfig(step_pooling=request.step_pooling, tracker=TrackerConfig(
         epochs=request.epochs, step_input=request.step_input))
-    capture = capture_in_memory(loaded, list(traces), CaptureConfig(
-        layers=tuple(layers), poolings=config.poolings, batch_size=4), capture_progress)
+    capture = capture_in_memory(loaded, list(_traces), CaptureConfig(
+        layers=tuple(layers), poolings=config.poolings, batch_size=4), _progress)
     if capture.index.empty:
         raise ValueError("No chain of this file could be read by the model (too long, or steps "
                          "without tokens of their own).")
-    result = train_probes(capture, layers, config, train_progress)
-    probe = bundle_files(result.bundle, f"{name}-L{result.bundle.meta.layer}")
-    keep_trained(probe)
-    return probe, result
+    result = train_probes(capture, layers, config,
+                          _progress.stage("Training", "layer(s)") if _progress else None)
+    probe = ProbeFile.of(result.bundle, f"{name}-L{result.bundle.meta.layer}")
+    return Trained(probe, result.n_train_chains, result.n_val_chains)
 
 
 # ---------------------------------------------------------------------------- scoring
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)
-def score_block(model: tuple[str, str, str], file_hash: str, reading: Reading, probe_hash: str,
+def score_block(model: ModelKey, file_hash: str, reading: Reading, probe_hash: str,
                 trace_ids: tuple[str, ...], _traces: Sequence[Trace],
                 _bundle: ProbeBundle) -> tuple[list[ScoredChain], list[str]]:
     """Probe scores of a few chains (cached; the other arguments name `_traces` and
@@ -261,7 +246,8 @@ def score_block(model: tuple[str, str, str], file_hash: str, reading: Reading, p
 
 def score_file(request: ScoreRequest, traces: Sequence[Trace], bundle: ProbeBundle,
                progress: Progress | None = None) -> tuple[list[ScoredChain], list[str]]:
-    """Scores of every chain of a file, block by block (each cached on its own)."""
+    """Scores of every chain of a file, block by block (each cached on its own), with
+    `progress(blocks done, total)` between blocks, (0, total) first."""
     loaded = get_model(*request.model)
     bundle.check_model(request.model[0], loaded.hidden_size)
     if bundle.meta.layer >= loaded.n_layers:
@@ -270,6 +256,8 @@ def score_file(request: ScoreRequest, traces: Sequence[Trace], bundle: ProbeBund
     chains: list[ScoredChain] = []
     skipped: list[str] = []
     blocks = [list(traces[i : i + BLOCK_CHAINS]) for i in range(0, len(traces), BLOCK_CHAINS)]
+    if progress:
+        progress(0, len(blocks))
     for done, block in enumerate(blocks, start=1):
         got, left_out = score_block(request.model, request.file_hash, request.reading,
                                     request.probe_hash, tuple(t.id for t in block), block,
@@ -284,8 +272,8 @@ def score_file(request: ScoreRequest, traces: Sequence[Trace], bundle: ProbeBund
 @st.cache_data(show_spinner=False, max_entries=64)
 def step_table(score_key: str, _chains: Sequence[ScoredChain], _traces: Sequence[Trace],
                threshold: float, step_threshold: float) -> pd.DataFrame:
-    """One row per scored step (`dashboard.charts_diagnose.STEP_COLUMNS`): scores, alarm,
-    labels, step text and phase ("" without a step probe)."""
+    """One row per scored step (`probe_charts.STEP_COLUMNS`): scores, alarm, labels, step text
+    and phase ("" without a step probe)."""
     table = scores_table(_chains, threshold)
     if table.empty:
         return pd.DataFrame(columns=["trace_id", "step", "text", "step_score", "prefix_score",
@@ -307,11 +295,15 @@ def step_table(score_key: str, _chains: Sequence[ScoredChain], _traces: Sequence
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def file_report(score_key: str, k: int, _chains: Sequence[ScoredChain], threshold: float,
-                step_threshold: float | None) -> dict[str, Any]:
-    """`core.diagnose.evaluation.evaluation_report` of a scored file (JSON-ready: plain floats)."""
-    report = evaluation_report(_chains, threshold, step_threshold, k=k,
-                               n_resamples=BOOTSTRAP_RESAMPLES)
-    return dict(json.loads(json.dumps(report.as_dict(), default=_plain)))
+                step_threshold: float | None) -> EvaluationReport:
+    """`core.diagnose.evaluation.evaluation_report` of a scored file, with bootstrap intervals."""
+    return evaluation_report(_chains, threshold, step_threshold, k=k,
+                             n_resamples=BOOTSTRAP_RESAMPLES)
+
+
+def report_json(report: EvaluationReport) -> str:
+    """The report as `telltale evaluate --json` writes it."""
+    return json.dumps(report.as_dict(), indent=2, default=_plain)
 
 
 def _plain(value: Any) -> Any:
@@ -327,17 +319,16 @@ def file_roc_curves(score_key: str, level: str,
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def chain_token_scores(model: tuple[str, str, str], file_hash: str, reading: Reading,
-                       probe_hash: str, trace_id: str, _trace: Trace,
-                       _bundle: ProbeBundle) -> list[TokenScore]:
+def chain_token_scores(model: ModelKey, file_hash: str, reading: Reading, probe_hash: str,
+                       trace_id: str, _trace: Trace, _bundle: ProbeBundle) -> list[TokenScore]:
     """`core.diagnose.evaluation.token_scores` of one chain (one forward pass), cached."""
     return token_scores(get_model(*model), _bundle, _trace)
 
 
 __all__ = [
     "BLOCK_CHAINS", "PROBE_FOLDER", "SCORE_REQUEST_KEY", "TRAINED_KEY", "TRAIN_REQUEST_KEY",
-    "ProbeFile", "ScoreRequest", "TrainRequest", "bundle_files", "chain_token_scores",
-    "file_report", "file_roc_curves", "get_request", "keep_trained", "load_bundle",
-    "probe_bundle", "read_probe_file", "score_block", "score_file", "set_request",
-    "shipped_probes", "step_table", "trained_store", "train_here",
+    "ProbeFile", "ScoreRequest", "TrainRequest", "Trained", "chain_token_scores",
+    "file_report", "file_roc_curves", "keep_trained", "load_bundle", "probe_bundle",
+    "read_probe_file", "report_json", "score_block", "score_file", "shipped_probes",
+    "step_table", "trained_store", "train_here",
 ]

@@ -1,23 +1,23 @@
-"""Pure functions that shape results for display: a DataFrame or traces in, a table or a plotly
-figure out. No Streamlit here, so every figure can be built and checked in a plain test.
+"""Pure functions for the Traces page without a probe: traces or the signal table in, a table or
+a plotly figure out. No Streamlit here, so every figure can be built and checked in a plain test.
 
     fig = step_signal_figure(signals, "mean_nll", trace_id="p3-c0")   # one bar per step
 """
 
 from __future__ import annotations
 
-import html
 import math
-import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
-# The per-step baseline signals of `core.diagnose.signals.SIGNAL_NAMES`, with the axis title each gets.
-# (Kept here rather than imported so this module does not pull in torch; a test checks the two
-# lists agree.)
+from dashboard.common.charts import hover_text
+
+# The per-step baseline signals of `core.diagnose.signals.SIGNAL_NAMES`, with the axis title
+# each gets. (Kept here rather than imported so this module does not pull in torch; a test
+# checks the two lists agree.)
 SIGNAL_TITLES: dict[str, str] = {
     "mean_entropy": "mean entropy (nats)",
     "mean_nll": "mean NLL (nats)",
@@ -37,7 +37,6 @@ LABEL_STYLE: dict[str, tuple[str, str]] = {
     UNLABELLED: ("#BAB0AC", "#BAB0AC"),
 }
 BAR_WIDTH = 0.7  # in steps
-HOVER_WIDTH = 70  # characters per line of step text in the hover box
 
 CHAIN_COLUMNS = ("id", "problem_id", "steps", "labelled_steps", "hallucinated_steps",
                  "hallucinated_rate", "is_correct")
@@ -48,12 +47,6 @@ def label_name(label: Any) -> str:
     if label is None or (isinstance(label, float) and math.isnan(label)):
         return UNLABELLED
     return HALLUCINATED if int(label) == 1 else CORRECT
-
-
-def hover_text(text: str, width: int = HOVER_WIDTH) -> str:
-    """Step text for a plotly hover box: HTML-escaped and wrapped with <br> every `width` chars."""
-    lines = textwrap.wrap(str(text), width=width) or [""]
-    return "<br>".join(html.escape(line) for line in lines)
 
 
 def chain_table(traces: Sequence[Any]) -> pd.DataFrame:
@@ -79,13 +72,6 @@ def chain_table(traces: Sequence[Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(CHAIN_COLUMNS))
 
 
-def issue_table(issues: Sequence[Any]) -> pd.DataFrame:
-    """One row per problem of a trace file: line, field ("" when the line is not a trace at all)
-    and the problem. Takes `core.data.traces.TraceIssue` records."""
-    return pd.DataFrame([{"line": i.line, "field": i.field, "problem": i.message}
-                         for i in issues], columns=["line", "field", "problem"])
-
-
 def steps_table(trace: Any) -> pd.DataFrame:
     """One row per step of one chain: step index, label name, prefix label and text."""
     return pd.DataFrame(
@@ -108,8 +94,8 @@ def step_signal_figure(df: pd.DataFrame, signal: str, trace_id: str) -> go.Figur
     One bar trace per label class present (correct, hallucinated, unlabelled), so the legend
     explains the colours; hallucinated bars also get a dark outline and an "x" marker above them
     so they stand out without colour. Hovering a bar shows the step's index, value and text.
-    `df` is a `core.diagnose.feature_store.signal_table` result (columns trace_id, step, text, label and the
-    signal).
+    `df` is a `core.diagnose.feature_store.signal_table` result (columns trace_id, step, text,
+    label and the signal).
     """
     _check_signal(df, signal)
     chain = df[df["trace_id"] == trace_id].sort_values("step")

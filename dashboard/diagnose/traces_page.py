@@ -2,10 +2,10 @@
 labels, diagnose them with a probe (step scores, prefix trajectory, flagged steps, corpus
 metrics against the baselines), and plot the model's per-step baseline signals.
 
-Thin by design: reading files, scoring and metrics are `core` calls made through
-`dashboard.state` and `dashboard.diagnose_state` (cached); the probe section and its views are
-`dashboard.probe_picker` and `dashboard.diagnose_panels`; tables and figures come from
-`dashboard.charts` and `dashboard.charts_diagnose`.
+Inputs -> request -> run -> show: reading files, scoring and metrics are `core` calls made
+through `trace_state` and `probe_state` (cached) and run with `dashboard.common.runs`; the probe
+section and its views are `probe_picker`, `probe_panels` and `corpus_panel`; tables and figures
+come from `trace_charts` and `probe_charts`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import streamlit as st
 
 from core.data.importers import FORMATS
 from core.data.steps import SEGMENT_MODES
-from core.data.traces import Trace, TraceLoad
+from core.data.traces import Trace
 from core.diagnose.metrics import auroc
 from dashboard.common import state
-from dashboard.diagnose import probe_charts as charts_diagnose
-from dashboard.diagnose import probe_panels as diagnose_panels
-from dashboard.diagnose import probe_picker
+from dashboard.common.runs import Run
+from dashboard.common.state import ModelKey
+from dashboard.common.widgets import FileChoice, choose_file, report_issues, table_download
+from dashboard.diagnose import corpus_panel, probe_charts, probe_panels, probe_picker
 from dashboard.diagnose import trace_charts as charts
-from dashboard.common.sidebar import request_model
+from dashboard.diagnose import trace_state as tstate
+from dashboard.diagnose.trace_state import SignalsRequest
 
 SAMPLE_KEY = "traces_sample"
 UPLOAD_KEY = "traces_upload"
@@ -35,38 +37,20 @@ CHAIN_KEY = "traces_chain"
 ALL_CHAINS_KEY = "traces_score_all"
 SIGNAL_KEY = "traces_signal"
 PLOT_CHAIN_KEY = "traces_plot_chain"
-MAX_ISSUES_SHOWN = 1000
+FILE_CHOICE = FileChoice(
+    "Sample trace file", SAMPLE_KEY, "Upload a trace file (JSONL or JSON)", UPLOAD_KEY,
+    sample_help="Files in sample_traces/, made by `make sample-traces`.",
+    upload_help="Telltale's own format (one chain per line: {\"id\", \"prompt\", \"steps\": "
+                "[{\"text\", \"label\"}] or \"response\", \"is_correct\", ...}; labels 0, 1 "
+                "or null), or CHAINED, PRM800K, ProcessBench or GSM8K-style files.",
+    missing="No sample file in sample_traces/ (run `make sample-traces`); upload a file.")
+SIGNALS = Run(tstate.SIGNALS_REQUEST_KEY, "Compute signals", noun="scoring")
 MODE_HELP = {
     "lines": "one step per non-blank line",
     "sentences": "one step per sentence (and per line)",
     "numbered": "a step starts at '1.', '2)', 'Step 3:' ...",
     "regex": "a step starts where your pattern matches",
 }
-
-
-def choose_file() -> tuple[str, bytes] | None:
-    """The trace file to show: an upload wins over the chosen sample. (name, bytes) or None."""
-    samples = {path.name: path for path in state.sample_files()}
-    left, right = st.columns(2)
-    with right:
-        upload = st.file_uploader(
-            "Upload a trace file (JSONL or JSON)", type=["jsonl", "json"], key=UPLOAD_KEY,
-            help="Telltale's own format (one chain per line: {\"id\", \"prompt\", \"steps\": "
-                 "[{\"text\", \"label\"}] or \"response\", \"is_correct\", ...}; labels 0, 1 "
-                 "or null), or CHAINED, PRM800K, ProcessBench or GSM8K-style files.")
-    with left:
-        if samples:
-            sample = st.selectbox("Sample trace file", list(samples), key=SAMPLE_KEY,
-                                  disabled=upload is not None,
-                                  help="Files in sample_traces/, made by `make sample-traces`.")
-        else:
-            sample = None
-            st.info("No sample file in sample_traces/ (run `make sample-traces`); upload a file.")
-    if upload is not None:
-        return upload.name, upload.getvalue()
-    if sample is not None:
-        return sample, samples[sample].read_bytes()
-    return None
 
 
 def choose_reading() -> tuple[str, str, str | None]:
@@ -84,22 +68,6 @@ def choose_reading() -> tuple[str, str, str | None]:
             pattern = st.text_input("Step-start pattern (Python regex, ^ = line start)",
                                     value=r"^(?:First|Then|Next|Finally)\b", key=PATTERN_KEY)
     return str(fmt), str(mode), pattern
-
-
-def report_issues(load: TraceLoad, name: str) -> None:
-    """How many lines were skipped and why, naming each line and field."""
-    if not load.issues:
-        return
-    st.warning(f"{len(load.issues)} problem(s) in {name}: {load.n_skipped} line(s) skipped, "
-               f"{len(load.traces)} valid chain(s) loaded.")
-    with st.expander(f"Problems in {name}"):
-        shown = load.issues[:MAX_ISSUES_SHOWN]
-        # a table, not markdown: the messages quote file content, which must not render
-        st.dataframe(charts.issue_table(shown), hide_index=True, column_config={
-            "field": st.column_config.TextColumn("field", help="'' = the line is not a trace"),
-            "problem": st.column_config.TextColumn("problem", width="large")})
-        if len(load.issues) > len(shown):
-            st.caption(f"... and {len(load.issues) - len(shown)} more.")
 
 
 def show_summary(table: pd.DataFrame) -> None:
@@ -127,8 +95,7 @@ def show_chain_table(table: pd.DataFrame, stem: str) -> None:
                                                            format="percent"),
         "is_correct": st.column_config.CheckboxColumn("answer correct"),
     })
-    st.download_button("Download the chain table (CSV)", table.to_csv(index=False),
-                       file_name=f"{stem}-chains.csv", mime="text/csv")
+    table_download("Download the chain table (CSV)", table, f"{stem}-chains.csv")
 
 
 def highlight_hallucinated(row: pd.Series) -> list[str]:
@@ -157,49 +124,30 @@ def show_chain(trace: Trace) -> None:
 
 def ask_for_signals(file_hash: str, segmenter: tuple[str, str | None], ids: list[str],
                     selected: str) -> None:
-    """The chains to score and the "Compute signals" button; a press stores a request and
-    reruns, so the sidebar loads the model (and shows its card) before scoring starts."""
+    """The chains to score and the "Compute signals" button."""
     left, right = st.columns([3, 1])
     score_all = right.checkbox(f"all {len(ids)} chains", key=ALL_CHAINS_KEY)
     chosen = left.multiselect("Chains to score", ids, default=[selected], disabled=score_all)
-    if st.button("Compute signals", type="primary", disabled=not (score_all or chosen)):
-        if state.model_choice() is None:
-            request_model()  # the model typed in the sidebar
-        choice = state.model_choice()
-        assert choice is not None
-        state.set_signals_request(state.SignalsRequest(
-            choice.as_tuple(), file_hash, segmenter, tuple(ids if score_all else chosen)))
-        st.rerun()
+    wanted = tuple(ids if score_all else chosen)
+
+    def make(model: ModelKey) -> SignalsRequest:
+        return SignalsRequest(model, file_hash, segmenter, wanted)
+
+    SIGNALS.button(make if wanted else None)
 
 
 def current_signals(file_hash: str, segmenter: tuple[str, str | None],
                     traces: list[Trace]) -> pd.DataFrame | None:
     """The requested signals for this file and model (computed with a progress bar, or from the
     cache), or None with a note saying what to do."""
-    request = state.signals_request()
+    request = SIGNALS.request(SignalsRequest.from_state)
     if request is None or request.file_hash != file_hash or request.segmenter != segmenter:
         st.info("Pick chains and press **Compute signals** to score each step with the model.")
         return None
-    choice = state.model_choice()
-    if choice is None:
-        st.warning("Signals need a model: load one in the sidebar, then press "
-                   "**Compute signals** again.")
+    table = SIGNALS.result(request, lambda bar: tstate.compute_signals(request, traces, bar),
+                           "Scoring chains", "chain(s)")
+    if table is None:
         return None
-    if choice.as_tuple() != request.model:
-        st.info("The model changed since the last scoring: press **Compute signals** again.")
-        return None
-    bar = st.progress(0.0, text="Scoring chains ...")
-
-    def report(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"Scored {done} of {total} chain(s)")
-
-    try:
-        table = state.compute_signals(request, traces, progress=report)
-    except Exception as error:  # noqa: BLE001 - shown as a sentence, the page keeps working
-        bar.empty()
-        st.error(f"Scoring failed: {type(error).__name__}: {error}")
-        return None
-    bar.empty()
     known = {trace.id for trace in traces}
     unscored = [t for t in request.trace_ids if t in known and t not in set(table["trace_id"])]
     if table.empty:
@@ -236,8 +184,7 @@ def show_signals(table: pd.DataFrame, selected: str, stem: str) -> None:
                              "correct ones (1 = perfectly, 0.5 = chance).")
         note_col.caption(f"hallucinated vs correct steps, over the {len(labels)} labelled "
                          "steps scored so far; 0.5 = chance.")
-    st.download_button("Download the signal table (CSV)", table.to_csv(index=False),
-                       file_name=f"{stem}-signals.csv", mime="text/csv")
+    table_download("Download the signal table (CSV)", table, f"{stem}-signals.csv")
 
 
 def render() -> None:
@@ -245,17 +192,18 @@ def render() -> None:
     st.title("Traces")
     st.caption("Chains of thought with step labels: browse them, then see how sure the model "
                "was at every step.")
-    chosen = choose_file()
+    chosen = choose_file(tstate.sample_files(), FILE_CHOICE)
     if chosen is None:
         return
     name, data = chosen
     fmt, mode, pattern = choose_reading()
     try:
-        load = state.read_trace_file(data, name, mode, pattern, fmt)
+        load = tstate.read_trace_file(data, name, mode, pattern, fmt)
     except ValueError as error:  # a shape no format fits, or a bad step-splitting pattern
         st.error(str(error))
         return
-    report_issues(load, name)
+    report_issues(name, load.issues, load.n_skipped, len(load.traces), "chain",
+                  "'' = the line is not a trace")
     if not load.traces:
         st.info(f"{name} holds no valid chain ({load.n_lines} line(s) read). Each line must be a "
                 "JSON object with a 'prompt' and 'steps' or 'response'.")
@@ -273,11 +221,11 @@ def render() -> None:
                "hidden states: where does the chain go wrong?")
     scored = probe_picker.probe_section(file_hash, (fmt, mode, pattern), load.traces, stem)
     if scored is not None:
-        flagged = charts_diagnose.flagged_steps(scored.steps, scored.step_threshold,
-                                                scored.threshold)
-        diagnose_panels.resolve_focus(scored, flagged, CHAIN_KEY, ids)
-        diagnose_panels.headline(scored, flagged)
-        diagnose_panels.show_flagged(scored, flagged)
+        flagged = probe_charts.flagged_steps(scored.steps, scored.step_threshold,
+                                             scored.threshold)
+        probe_panels.resolve_focus(scored, flagged, CHAIN_KEY, ids)
+        probe_panels.headline(scored, flagged)
+        probe_panels.show_flagged(scored, flagged)
 
     st.subheader("Chain")
     selected = st.selectbox("Chain to inspect", ids, key=CHAIN_KEY, format_func=lambda i: (
@@ -286,10 +234,10 @@ def render() -> None:
     if selected not in by_id:  # the file changed under a kept selection
         selected = ids[0]
     if scored is not None:
-        diagnose_panels.show_chain_scores(scored, selected, stem)
+        probe_panels.show_chain_scores(scored, selected, stem)
     show_chain(by_id[selected])
     if scored is not None:
-        diagnose_panels.show_corpus(scored, stem)
+        corpus_panel.show_corpus(scored, stem)
 
     st.subheader("Per-step signals")
     segmenter = (mode, pattern)

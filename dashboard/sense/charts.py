@@ -245,7 +245,8 @@ def logit_lens_figure(table: pd.DataFrame, layer: int, strength: float | None = 
                       ) -> go.Figure:
     """The concept token's rank (top, log scale, rank 1 at the top) and probability (bottom, log
     scale) per layer, without and with the injection; a dashed line marks the injection layer
-    (layers before it cannot change). `table` has the columns of `core.sense.logit_lens.logit_lens`."""
+    (layers before it cannot change). `table` has the columns of
+    `core.sense.logit_lens.logit_lens`."""
     token = str(table["token"].iloc[0]) if len(table) else ""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("rank of the token (1 = the top prediction)",
@@ -399,8 +400,3 @@ def prefill_figure(summary: pd.DataFrame, strength: float | None = None) -> go.F
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0},
         margin={"t": 90, "l": 60, "r": 20, "b": 50}, height=420)
     return fig
-
-
-def figure_html(fig: go.Figure) -> str:
-    """A stand-alone HTML page of the figure (plotly.js inlined, so it opens offline)."""
-    return str(fig.to_html(include_plotlyjs=True, full_html=True))

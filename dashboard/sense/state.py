@@ -2,14 +2,12 @@
 state) and its results (`st.cache_data`, keyed on the model and every setting).
 
 - A request names the model (spec, device, dtype), the concept by its recipe (never by its
-  vector) and the settings; it is kept in session state as a dict of plain values, together with
-  whether its run finished. Results are looked up again on each rerun (a cache hit).
+  vector) and the settings; `dashboard.common.runs.Run` keeps it in session state as a dict of
+  plain values, with how far its run got. Results are looked up again on each rerun (a cache
+  hit).
 - Each long cached function takes an optional `_progress(done, total)` callback (the underscore
-  keeps it out of the cache key) and reports (0, 0) first thing. Streamlit records what a cached
-  function draws and replays it on a hit, so the page's callback must create its progress bar
-  inside the call, on its first report, and empty it on the last one (see
-  `views.introspection.LazyProgress`): then a replay shows nothing, where a bar made outside the
-  call could not be replayed at all (Streamlit raises CacheReplayClosureError).
+  keeps it out of the cache key) and reports (0, 0) first thing, so a `runs.Bar` draws its bar
+  inside the call, where Streamlit records it (and replays it, emptied, on a hit).
 - Nothing here draws on the page itself.
 
     request = TrialRequest(model, ConceptChoice.word("bread"), 20, InjectionSpec(4.0), config)
@@ -18,13 +16,14 @@ state) and its results (`st.cache_data`, keyed on the model and every setting).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
+from core.progress import Progress
 from core.sense.concepts import (
     METHODS,
     ConceptLibrary,
@@ -45,12 +44,9 @@ from core.sense.introspection import (
 )
 from core.sense.logit_lens import logit_lens
 from core.sense.prefill import PrefillConfig, run_prefill
-from dashboard.common.state import get_model
+from dashboard.common.state import ModelKey, get_model, model_key
 
-Progress = Callable[[int, int], None]
-ModelKey = tuple[str, str, str]
-
-TRIAL_KEY = "introspection_trial"  # session state: {"request": ..., "finished": bool}
+TRIAL_KEY = "introspection_trial"  # session state: {"request": ..., "status": ...} (runs.Run)
 SWEEP_KEY = "introspection_sweep"
 PREFILL_KEY = "introspection_prefill"
 
@@ -129,7 +125,7 @@ class TrialRequest:
     @classmethod
     def from_state(cls, value: Any) -> TrialRequest | None:
         try:
-            return cls(tuple(value["model"]), concept_from(value["concept"]),
+            return cls(model_key(value["model"]), concept_from(value["concept"]),
                        int(value["layer"]), InjectionSpec(**value["spec"]),
                        trial_config_from(value["config"]))
         except (KeyError, TypeError, ValueError):
@@ -165,7 +161,7 @@ class SweepRequest:
     @classmethod
     def from_state(cls, value: Any) -> SweepRequest | None:
         try:
-            return cls(tuple(value["model"]),
+            return cls(model_key(value["model"]),
                        tuple(concept_from(c) for c in value["concepts"]),
                        tuple(int(x) for x in value["layers"]),
                        tuple(float(x) for x in value["strengths"]), str(value["scale"]),
@@ -197,25 +193,11 @@ class PrefillRequest:
     @classmethod
     def from_state(cls, value: Any) -> PrefillRequest | None:
         try:
-            return cls(tuple(value["model"]),
+            return cls(model_key(value["model"]),
                        tuple(int(x) for x in value["layers"]), float(value["strength"]),
                        str(value["scale"]), trial_config_from(value["trials"]))
         except (KeyError, TypeError, ValueError):
             return None
-
-
-def remember(key: str, request: TrialRequest | SweepRequest | PrefillRequest,
-             finished: bool) -> None:
-    """Keep a request (and whether its run finished) in session state, as plain values."""
-    st.session_state[key] = {"request": request.to_state(), "finished": finished}
-
-
-def remembered(key: str) -> tuple[dict[str, Any], bool] | None:
-    """(the request's plain values, finished) kept under `key`, or None."""
-    value = st.session_state.get(key)
-    if not isinstance(value, dict) or not isinstance(value.get("request"), dict):
-        return None
-    return value["request"], bool(value.get("finished"))
 
 
 # ---------------------------------------------------------------------------- cached results
@@ -250,7 +232,8 @@ def residual_norms(model: ModelKey) -> dict[int, float]:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def trial_run(request: TrialRequest, _progress: Progress | None = None) -> TrialRun:
-    """`core.sense.introspection.run_trials` for the request: the injected trials and every control."""
+    """`core.sense.introspection.run_trials` for the request: the injected trials and every
+    control."""
     _started(_progress)
     loaded = get_model(*request.model)
     library = concept_library(request.model, request.concept)
@@ -291,7 +274,8 @@ def sweep_trials(request: SweepRequest, _progress: Progress | None = None) -> pd
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def prefill_replies(request: PrefillRequest, _progress: Progress | None = None) -> pd.DataFrame:
-    """`core.sense.prefill.run_prefill`'s per-reply table (it builds the prefilled words' vectors)."""
+    """`core.sense.prefill.run_prefill`'s per-reply table (it builds the prefilled words'
+    vectors)."""
     _started(_progress)
     loaded = get_model(*request.model)
     return run_prefill(loaded, request.prefill_config(), progress=_progress)
@@ -300,6 +284,6 @@ def prefill_replies(request: PrefillRequest, _progress: Progress | None = None) 
 __all__ = [
     "METHODS", "PREFILL_KEY", "SWEEP_KEY", "TRIAL_KEY", "ConceptChoice", "PrefillRequest",
     "SweepRequest", "TrialRequest", "concept_from", "concept_library", "lens_table",
-    "prefill_replies", "remember", "remembered", "residual_norms", "sweep_library",
-    "sweep_trials", "trial_config_from", "trial_run",
+    "prefill_replies", "residual_norms", "sweep_library", "sweep_trials", "trial_config_from",
+    "trial_run",
 ]

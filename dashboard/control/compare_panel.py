@@ -1,0 +1,164 @@
+"""The Fine-tuning page's comparison: a short fine-tuning run of each method (SFT, EAFT, ...)
+on the open file against a general file, measured on held-out target data (what it learned)
+and general data (what it forgot). A press starts a background job (`control.state.start_compare`
+on the `dashboard.common.jobs` board); the page follows it with a progress bar."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.control.finetune import METHODS
+from core.control.finetune_data import FinetuneExample
+from dashboard.common import state
+from dashboard.common.jobs import Job, board
+from dashboard.common.runs import Run
+from dashboard.common.widgets import FileChoice, choose_file, report_issues, table_download
+from dashboard.control import charts as cf
+from dashboard.control import state as fs
+
+GENERAL_SAMPLE_KEY = "finetune_general_sample"
+GENERAL_UPLOAD_KEY = "finetune_general_upload"
+METHODS_KEY = "finetune_methods"
+STEPS_KEY = "finetune_steps"
+BATCH_KEY = "finetune_batch_size"
+LORA_KEY = "finetune_lora"
+MAX_EVAL_KEY = "finetune_max_eval"
+LR_KEY = "finetune_lr"
+COMPARE_KEY = "finetune_compare_request"  # session state: what "Start comparison" asked for
+COMPARE_JOB_KEY = "finetune_compare_job"  # session state: the key of this session's latest run
+
+GENERAL_SAMPLE = "finetune_general.jsonl"
+DEFAULT_METHODS = ("sft", "eaft", "sft_lr_matched")
+POLL_S = 0.5
+LEARNING_RATES = ("default", "1e-5", "3e-5", "1e-4", "2e-4", "5e-4", "1e-3")
+METHOD_HELP = ("sft: plain cross-entropy. eaft: each token weighted by H~^alpha. sft_kl: SFT plus "
+               "KL to the frozen base. hard_mask: drop tokens below the 15th percentile of H~. "
+               "sft_lr_matched: SFT at the learning rate times EAFT's mean gate (needs eaft "
+               "first): separates EAFT's protection from its smaller total update.")
+GENERAL_CHOICE = FileChoice(
+    "General file: what the model should not forget", GENERAL_SAMPLE_KEY,
+    "Or upload a general file (JSONL)", GENERAL_UPLOAD_KEY, default=GENERAL_SAMPLE)
+COMPARE = Run(COMPARE_KEY, "Start comparison", noun="comparison")
+
+
+def compare_settings(file_hash: str, general_hash: str) -> fs.CompareRequest | None:
+    """The run the inputs describe (the model is filled in by the press)."""
+    peft = fs.has_peft()
+    cols = st.columns([3, 1, 1, 1, 1, 1])
+    methods = cols[0].multiselect("Methods", list(METHODS), default=list(DEFAULT_METHODS),
+                                  key=METHODS_KEY, help=METHOD_HELP)
+    steps = cols[1].number_input("Steps", min_value=1, max_value=10_000, value=4, step=1,
+                                 key=STEPS_KEY, help="training steps per method")
+    batch = cols[2].number_input("Batch size", min_value=1, max_value=256, value=2, step=1,
+                                 key=BATCH_KEY)
+    max_eval = cols[3].number_input("Eval examples", min_value=1, max_value=10_000, value=4,
+                                    step=1, key=MAX_EVAL_KEY,
+                                    help="at most this many held-out target and general "
+                                         "examples are measured (greedy replies take time)")
+    lr = cols[4].selectbox("Learning rate", LEARNING_RATES, key=LR_KEY,
+                           help="default: 2e-4 with LoRA, 3e-5 without (AdamW, constant)")
+    with cols[5]:
+        st.write("")  # line the checkbox up with the inputs
+        lora = st.checkbox("LoRA", value=peft, key=LORA_KEY, disabled=not peft,
+                           help="train LoRA adapters (peft) instead of every weight"
+                           if peft else "needs the peft package (pip install peft)")
+    request = fs.CompareRequest(
+        model=("", "", ""), train_hash=file_hash,
+        general_hash=general_hash, methods=tuple(str(m) for m in methods), steps=int(steps),
+        batch_size=int(batch), lora=bool(lora and peft), max_eval=int(max_eval),
+        lr=None if lr == "default" else float(str(lr)))
+    try:
+        request.config()
+    except ValueError as error:
+        st.error(str(error))
+        return None
+    return request
+
+
+def start_pressed(train: list[FinetuneExample], general: list[FinetuneExample]) -> None:
+    """Start the run a press asked for, once its model is loaded; problems are one sentence."""
+    taken = COMPARE.take(fs.CompareRequest.from_state)
+    if taken is None:
+        return
+    request, loaded = taken
+    if len(train) < 2:
+        st.error("The comparison holds a quarter of the target examples out: it needs at "
+                 "least two.")
+        return
+    try:
+        job = fs.start_compare(request, loaded, train, general)
+    except ValueError as error:
+        st.error(str(error))
+        return
+    st.session_state[COMPARE_JOB_KEY] = job.key
+
+
+def follow(job: Job[Any]) -> None:
+    """A progress bar while the run works (in its job; a rerun finds it again)."""
+    bar = st.progress(0.0, text="Starting the comparison ...")
+    while job.running:
+        if job.total:
+            bar.progress(min(job.done / job.total, 1.0),
+                         text=f"Training and measuring: {job.done} of {job.total} "
+                              "(steps and evaluations)")
+        time.sleep(POLL_S)
+    bar.empty()
+
+
+def show_comparison(job: Job[Any], stem: str) -> None:
+    if job.error:
+        st.error(job.error)
+        return
+    table, request = job.result, job.request
+    if not isinstance(table, pd.DataFrame) or not isinstance(request, fs.CompareRequest):
+        return
+    st.caption(f"{len(request.methods)} method(s), {request.steps} step(s) of batch "
+               f"{request.batch_size}{', LoRA' if request.lora else ''}, measured on at most "
+               f"{request.max_eval} held-out target and general example(s); d_ = change from "
+               "the base model. Loss: mean CE of the response tokens (lower on the target = "
+               "learned; higher on general = forgot); accuracy: share of greedy replies giving "
+               "the answer.")
+    st.dataframe(table, hide_index=True, column_config={
+        "lr": st.column_config.NumberColumn("lr", format="%.1e"),
+        "mean_gate": st.column_config.NumberColumn("mean gate", format="%.3f"),
+        **{c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns
+           if c.endswith("_loss")},
+        **{c: st.column_config.NumberColumn(c, format="percent") for c in table.columns
+           if c.endswith("_acc")},
+        "train_seconds": st.column_config.NumberColumn("train s", format="%.1f")})
+    st.plotly_chart(cf.compare_figure(table), key="finetune_compare_chart")
+    table_download("Download the comparison (CSV)", table, f"{stem}-compare.csv")
+
+
+def compare_section(file_hash: str, train: list[FinetuneExample], stem: str) -> None:
+    st.subheader("SFT against EAFT: does the gate protect the model?")
+    st.caption("Fine-tune copies of the model on this file with each method (same seed, same "
+               "batches), then measure held-out target data (what it learned) and general data "
+               "(what it forgot). A short run: a few steps; on a CPU allow a minute or two per "
+               "method.")
+    general_file = choose_file(fs.finetune_samples(), GENERAL_CHOICE)
+    if general_file is None:
+        st.info("Upload a general file to compare against.")
+        return
+    general_name, general_data = general_file
+    general_load = fs.read_finetune_file(general_data, general_name)
+    report_issues(general_name, general_load.issues, general_load.n_skipped,
+                  len(general_load.examples), "example")
+    if not general_load.examples:
+        st.info(f"{general_name} holds no valid example.")
+        return
+    request = compare_settings(file_hash, state.content_hash(general_data))
+    start_pressed(train, general_load.examples)
+    job = board().get(st.session_state.get(COMPARE_JOB_KEY))
+    running = job is not None and job.running
+    COMPARE.button(None if request is None or running else request.with_model)
+    if job is None:
+        return
+    if job.running:
+        follow(job)
+        st.rerun()  # once, at the end: the button and the table reflect the finished run
+    show_comparison(job, stem)
