@@ -17,6 +17,7 @@ from dashboard.diagnose import trace_state
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 120
+MAX_MODULE_LINES = 300  # a module longer than this is two nouns: split it
 COMPUTE_TIMEOUT = 400  # the model loads in ~15-20 s alone, several times that on a busy machine
 
 # Three valid chains (two with step lists and labels, one as a response string) and two bad lines.
@@ -82,9 +83,32 @@ def test_app_starts_with_traces_page_and_model_sidebar() -> None:
     assert texts(at.title) == ["Traces"] and len(at.sidebar.button) == 1
 
 
-def test_no_pages_folder_beside_the_app() -> None:
+def test_the_dashboard_is_one_folder_per_layer_of_short_modules() -> None:
+    dashboard = Path(APP).parent
     # a pages/ folder beside app.py would switch Streamlit to its file-per-page mode
-    assert not (Path(APP).parent / "pages").exists()
+    assert not (dashboard / "pages").exists() and not (dashboard / "views").exists()
+    assert {p.name for p in dashboard.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
+        "common", "diagnose", "sense", "control"}
+    lengths = {str(p.relative_to(dashboard)): len(p.read_text(encoding="utf-8").splitlines())
+               for p in dashboard.rglob("*.py")}
+    assert len(lengths) > 30
+    assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_pure_chart_modules_load_neither_streamlit_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    modules = ["dashboard.common.charts", "dashboard.diagnose.trace_charts",
+               "dashboard.diagnose.probe_charts", "dashboard.diagnose.corpus_charts",
+               "dashboard.diagnose.live_charts", "dashboard.sense.charts",
+               "dashboard.sense.replies", "dashboard.control.charts",
+               "dashboard.control.plane_charts"]
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; "
+            "print(sorted({'streamlit', 'torch'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(APP).parents[1])
+    assert out.stdout.strip() == "[]"
 
 
 def test_mixed_upload_loads_valid_chains_and_lists_problems() -> None:
@@ -225,7 +249,7 @@ def test_compute_signals_on_default_model_plots_marked_steps() -> None:
 # ---------------------------------------------------------------------------- probe view
 
 from core.data.importers import import_traces  # noqa: E402
-from dashboard.diagnose import probe_charts, probe_panels  # noqa: E402
+from dashboard.diagnose import corpus_charts, probe_panels, train_state  # noqa: E402
 from dashboard.diagnose import probe_state as dstate  # noqa: E402
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
@@ -373,11 +397,11 @@ def test_probe_requests_round_trip_through_session_state() -> None:
     assert json.loads(json.dumps(score.to_state())) == score.to_state()
     assert dstate.ScoreRequest.from_state(score.to_state()) == score
     assert dstate.ScoreRequest.from_state({"model": []}) is None
-    train = dstate.TrainRequest(("default", "cpu", "auto"), "f", ("auto", "regex", "^x"), "4-8",
-                                True, 3, "exp3", True)
+    train = train_state.TrainRequest(("default", "cpu", "auto"), "f", ("auto", "regex", "^x"),
+                                     "4-8", True, 3, "exp3", True)
     assert json.loads(json.dumps(train.to_state())) == train.to_state()
-    assert dstate.TrainRequest.from_state(train.to_state()) == train
-    assert dstate.TrainRequest.from_state("junk") is None
+    assert train_state.TrainRequest.from_state(train.to_state()) == train
+    assert train_state.TrainRequest.from_state("junk") is None
 
 
 def test_decide_focus_follows_the_newest_selection() -> None:
@@ -426,7 +450,7 @@ def test_train_score_and_inspect_on_a_tiny_model(tiny_model_dir: Path) -> None:
     assert len(at.get("html")) == 1  # the token heat map
     corpus = next(d.value for d in at.dataframe if "step_auroc" in d.value.columns)
     assert corpus["scores"].tolist()[0].startswith("probes") and len(corpus) >= 6
-    assert set(corpus["scores"]) <= set(probe_charts.SCORER_TITLES.values())  # every one named
+    assert set(corpus["scores"]) <= set(corpus_charts.SCORER_TITLES.values())  # every one named
     for label in ("Download the scored chains (JSONL)", "Download the metrics (JSON)",
                   "Download the metrics (CSV)", "Download this chart (HTML)",
                   "Download the ROC curves (HTML)"):

@@ -12,18 +12,20 @@ import pytest
 
 from core.diagnose.metrics import DynamicMetrics, RecoveryStat, ResidualTime
 from core.diagnose.report import DYNAMIC_KEYS, EvaluationReport, FinalCounts, Ranking
-from dashboard.diagnose.probe_charts import (
-    PHASE_STYLE,
-    STEP_COLUMNS,
+from dashboard.diagnose.corpus_charts import (
     dynamic_table,
-    flagged_steps,
     metrics_table,
-    neighbours,
-    probe_chain_figure,
     recovery_sentence,
     residual_time_figure,
     roc_figure,
     sweep_figure,
+)
+from dashboard.diagnose.probe_charts import (
+    PHASE_STYLE,
+    STEP_COLUMNS,
+    flagged_steps,
+    neighbours,
+    probe_chain_figure,
     token_heatmap_html,
 )
 

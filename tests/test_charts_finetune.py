@@ -8,9 +8,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +15,7 @@ import pandas as pd
 import pytest
 
 from dashboard.control import charts as cf
+from dashboard.control import plane_charts as pc
 
 CUTS = SimpleNamespace(p=0.1, h=0.2, uncertain=0.5)
 
@@ -47,30 +45,30 @@ def tokens_table() -> pd.DataFrame:
 def test_plane_grid_counts_and_sums_tokens_per_cell() -> None:
     p = np.array([0.05, 0.05, 0.95, 0.5, 1.0])
     h = np.array([0.05, 0.10, 0.90, 0.5, 0.2])
-    grid = cf.plane_grid(p, h, bins=2)
+    grid = pc.plane_grid(p, h, bins=2)
     assert grid.p_edges.tolist() == [0.0, 0.5, 1.0] and grid.h_edges.tolist() == [0.0, 0.5, 1.0]
     # rows are H~ bins, columns p bins; 0.5 falls in the upper bin, p = 1.0 in the last one
     assert grid.counts.tolist() == [[2, 1], [0, 2]]
-    weighted = cf.plane_grid(p, h, weights=np.array([1.0, 2.0, 3.0, 4.0, 5.0]), bins=2)
+    weighted = pc.plane_grid(p, h, weights=np.array([1.0, 2.0, 3.0, 4.0, 5.0]), bins=2)
     assert weighted.values.tolist() == [[3.0, 5.0], [0.0, 7.0]]
     assert grid.p_centres.tolist() == [0.25, 0.75]
 
 
 def test_plane_grid_stretches_past_one_only_for_larger_entropies() -> None:
-    assert cf.plane_grid(np.array([0.5]), np.array([0.3]), bins=4).h_edges[-1] == 1.0
+    assert pc.plane_grid(np.array([0.5]), np.array([0.3]), bins=4).h_edges[-1] == 1.0
     # the code's normalisation (/ 3.0) lets H~ pass 1 for K > 20
-    assert cf.plane_grid(np.array([0.5]), np.array([1.3]), bins=4).h_edges[-1] == 1.3
+    assert pc.plane_grid(np.array([0.5]), np.array([1.3]), bins=4).h_edges[-1] == 1.3
     with pytest.raises(ValueError, match="bins"):
-        cf.plane_grid(np.array([0.5]), np.array([0.3]), bins=0)
+        pc.plane_grid(np.array([0.5]), np.array([0.3]), bins=0)
     with pytest.raises(ValueError, match="same shape"):
-        cf.plane_grid(np.array([0.5, 0.2]), np.array([0.3]))
+        pc.plane_grid(np.array([0.5, 0.2]), np.array([0.3]))
 
 
 def test_pressure_grids_are_shares_of_sft_total() -> None:
     p = np.array([0.05, 0.05, 0.95])
     h = np.array([0.05, 0.10, 0.90])
     grad = np.array([1.0, 1.0, 2.0])
-    grids = cf.pressure_grids(p, h, grad, {"sft": np.ones(3), "eaft": h}, bins=2)
+    grids = pc.pressure_grids(p, h, grad, {"sft": np.ones(3), "eaft": h}, bins=2)
     # SFT: total pressure 4; the corner cell holds 2 of it, the top-right cell 2
     assert grids["sft"].values.tolist() == [[50.0, 0.0], [0.0, 50.0]]
     # EAFT weighs by H~: (0.05 + 0.10) / 4 and 0.9 * 2 / 4 of SFT's total
@@ -84,7 +82,7 @@ def test_plane_figures_mark_the_corner_and_share_one_colour_scale() -> None:
     p, h = tokens["p"].to_numpy(), tokens["entropy_norm"].to_numpy()
     grad = tokens["grad_norm"].to_numpy()
     labels = cf.hover_labels(tokens)
-    figures = cf.plane_figures(p, h, grad, {"sft": np.ones(5), "eaft": h}, CUTS, labels=labels,
+    figures = pc.plane_figures(p, h, grad, {"sft": np.ones(5), "eaft": h}, CUTS, labels=labels,
                                bins=10)
     assert list(figures) == ["density", "sft", "eaft"]
     density = figures["density"]
@@ -106,7 +104,7 @@ def test_plane_figures_mark_the_corner_and_share_one_colour_scale() -> None:
 
 
 def test_density_without_labels_draws_no_points() -> None:
-    fig = cf.density_figure(np.array([0.01, 0.9]), np.array([0.1, 0.9]), CUTS)
+    fig = pc.density_figure(np.array([0.01, 0.9]), np.array([0.1, 0.9]), CUTS)
     assert [trace.type for trace in fig.data] == ["heatmap"]
 
 
@@ -230,11 +228,3 @@ def test_hover_label_escapes() -> None:
     label = cf.hover_label("<i>", " ok", 0.5, 0.25, "ex<1>")
     assert "<i>" not in label and "&lt;i&gt;" in label and "ex&lt;1&gt;" in label
     assert "p 0.500 · H~ 0.250" in label and not math.isnan(0.5)
-
-
-def test_charts_finetune_loads_neither_streamlit_nor_torch() -> None:
-    code = ("import sys, dashboard.control.charts; "
-            "print(sorted({'streamlit', 'torch'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1])
-    assert out.stdout.strip() == "[]"

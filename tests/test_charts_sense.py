@@ -11,7 +11,8 @@ from core.sense.introspection_grading import grade_reply
 from core.sense.prefill import PREFILL_CONDITIONS
 from dashboard.common.charts import figure_html
 from dashboard.sense import charts as cs
-from dashboard.sense.charts import Span
+from dashboard.sense import replies as rp
+from dashboard.sense.replies import Span
 
 
 def test_condition_names_match_core() -> None:
@@ -26,7 +27,7 @@ def test_condition_names_match_core() -> None:
 def marked(reply: str, concept: str) -> list[tuple[str, str]]:
     """(kind, text) of each span, at the offsets the core grader gives."""
     grade = grade_reply(reply, concept)
-    spans = cs.mark_spans(reply, grade.claim_at, grade.concept_at, concept)
+    spans = rp.mark_spans(reply, grade.claim_at, grade.concept_at, concept)
     return [(s.kind, reply[s.start : s.end]) for s in spans]
 
 
@@ -43,43 +44,43 @@ def test_claim_stops_at_punctuation_and_inflected_multiword_concept() -> None:
 def test_concept_named_first_is_marked_before_the_claim() -> None:
     reply = "Bread. I notice a thought, yes."
     assert marked(reply, "bread") == [("concept", "Bread"), ("claim", "I notice a thought")]
-    page = cs.reply_html(reply, 7, 0, "bread")
-    assert cs.LATE_CLAIM_CONCEPT_COLOUR in page and cs.CONCEPT_COLOUR not in page
-    after = cs.reply_html("I detect an injected thought about bread.", 0, 35, "bread")
-    assert cs.CONCEPT_COLOUR in after and cs.LATE_CLAIM_CONCEPT_COLOUR not in after
+    page = rp.reply_html(reply, 7, 0, "bread")
+    assert rp.LATE_CLAIM_CONCEPT_COLOUR in page and rp.CONCEPT_COLOUR not in page
+    after = rp.reply_html("I detect an injected thought about bread.", 0, 35, "bread")
+    assert rp.CONCEPT_COLOUR in after and rp.LATE_CLAIM_CONCEPT_COLOUR not in after
 
 
 def test_no_claim_no_concept_and_missing_offsets_mark_nothing() -> None:
     assert marked("No, I do not detect anything.", "bread") == []
-    assert cs.mark_spans("text", float("nan"), None, "bread") == []
-    assert cs.mark_spans("bread", None, 0, None) == []  # no concept: nothing to name
+    assert rp.mark_spans("text", float("nan"), None, "bread") == []
+    assert rp.mark_spans("bread", None, 0, None) == []  # no concept: nothing to name
 
 
 def test_long_claims_are_capped_and_overlaps_clipped() -> None:
     reply = "I notice " + "very " * 30 + "much"
-    (span,) = cs.mark_spans(reply, 0, None, None)
+    (span,) = rp.mark_spans(reply, 0, None, None)
     # "I notice " and ten "very " fill 59 characters: the cap falls inside the 11th "very"
     assert span == Span(0, 58, "claim") and reply[:58].endswith("very very")
     # a claim that starts inside the concept's mention starts where the mention ends
-    assert cs.mark_spans("breadsticks now", 2, 0, "breadsticks now") == [
+    assert rp.mark_spans("breadsticks now", 2, 0, "breadsticks now") == [
         Span(0, 15, "concept")]
-    assert cs.mark_spans("bread yes, ok", 6, 0, "bread") == [
+    assert rp.mark_spans("bread yes, ok", 6, 0, "bread") == [
         Span(0, 5, "concept"), Span(6, 9, "claim")]
 
 
 def test_reply_html_escapes_and_keeps_text() -> None:
     reply = "<b>Yes</b> & bread"
-    page = cs.reply_html(reply, None, 13, "bread")
+    page = rp.reply_html(reply, None, 13, "bread")
     assert "<b>" not in page and "&lt;b&gt;Yes&lt;/b&gt; &amp; " in page
     assert page.endswith(">bread</mark>")
-    assert "(empty reply)" in cs.reply_html("", None, None, "bread")
+    assert "(empty reply)" in rp.reply_html("", None, None, "bread")
 
 
 def test_trial_card_shows_each_grade() -> None:
     row = {"reply": "I detect bread.", "concept": "bread", "claim_at": 0, "concept_at": 9,
            "coherent": True, "affirmative": True, "names_concept": True, "immediate": True,
            "identified": False}
-    page = cs.trial_card_html(row)
+    page = rp.trial_card_html(row)
     for label in ("coherent", "affirmative", "names the concept", "claim first"):
         assert f"✓ {label}" in page
     assert "✗ identified" in page
@@ -90,12 +91,12 @@ def test_trial_card_shows_each_grade() -> None:
 
 
 def test_fraction_text_and_push_sentence() -> None:
-    assert cs.fraction_text(0.25) == "0.25"
-    assert cs.fraction_text(0.25, 1, 4) == "0.25 (1/4)"
-    assert cs.fraction_text(None) == cs.fraction_text(float("nan")) == "n/a"
-    raw = cs.push_sentence(13.0, 239.0, 4.0, "raw")  # 4 x 13 = 52 = 0.22 x 239
+    assert rp.fraction_text(0.25) == "0.25"
+    assert rp.fraction_text(0.25, 1, 4) == "0.25 (1/4)"
+    assert rp.fraction_text(None) == rp.fraction_text(float("nan")) == "n/a"
+    raw = rp.push_sentence(13.0, 239.0, 4.0, "raw")  # 4 x 13 = 52 = 0.22 x 239
     assert "norm 52.0, 0.22× the residual norm" in raw and "‖v‖ = 13.00" in raw
-    relative = cs.push_sentence(13.0, 239.0, 4.0, "relative")  # 4 x 239 = 956
+    relative = rp.push_sentence(13.0, 239.0, 4.0, "relative")  # 4 x 239 = 956
     assert "norm 956.0, 4.00× the residual norm" in relative
 
 
@@ -209,7 +210,7 @@ def test_heatmaps_from_a_core_summary_of_hand_made_trials() -> None:
     net, ident, _ = cs.sweep_heatmaps(summary).data
     assert ident.z[0] == pytest.approx([0.5, 1.0])
     assert net.z[0] == pytest.approx([0.5 - 0.25, 1.0 - 0.25])
-    assert cs.false_positive_text(summary).startswith("no injection: false positives 0.25 [")
+    assert rp.false_positive_text(summary).startswith("no injection: false positives 0.25 [")
     detection, random = cs.control_heatmaps(summary).data  # the negated control was not run
     assert detection.z[0] == pytest.approx([1.0, 1.0]) and random.z[0] == pytest.approx([0, 0])
 

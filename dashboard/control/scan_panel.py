@@ -21,6 +21,7 @@ from core.control.eaft import LossConfig
 from core.control.entropy import Cuts, Thresholds
 from core.control.finetune_data import FinetuneLoad
 from dashboard.control import charts as cf
+from dashboard.control import plane_charts
 from dashboard.control.token_panel import show_conflict_table, show_examples, show_export
 
 MODE_KEY = "finetune_threshold_mode"
@@ -136,7 +137,7 @@ def show_plane(tokens: pd.DataFrame, gates: dict[str, np.ndarray], cuts: Cuts) -
     st.markdown("**The entropy-probability plane** (the paper's figure)")
     p = tokens["p"].to_numpy(dtype=float)
     h = tokens["entropy_norm"].to_numpy(dtype=float)
-    figures = cf.plane_figures(p, h, tokens["grad_norm"].to_numpy(dtype=float),
+    figures = plane_charts.plane_figures(p, h, tokens["grad_norm"].to_numpy(dtype=float),
                                {"sft": gates["sft"], "eaft": gates["eaft"]}, cuts,
                                labels=cf.hover_labels(tokens))
     cols = st.columns(3)

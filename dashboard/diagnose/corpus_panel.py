@@ -10,7 +10,7 @@ import streamlit as st
 from core.data.traces import traces_to_jsonl
 from core.diagnose.report import EvaluationReport
 from dashboard.common.widgets import download, figure_download
-from dashboard.diagnose import probe_charts as cd
+from dashboard.diagnose import corpus_charts as cd
 from dashboard.diagnose import probe_state as dstate
 from dashboard.diagnose.probe_picker import ScoredFile
 

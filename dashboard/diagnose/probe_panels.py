@@ -141,7 +141,7 @@ def show_chain_scores(scored: ScoredFile, trace_id: str, stem: str) -> None:
 
 
 def _label_text(value: Any) -> str:
-    return {None: "unknown", 0: "0 · correct", 1: "1 · wrong"}[cd._labelled(value)]
+    return {None: "unknown", 0: "0 · correct", 1: "1 · wrong"}[cd.known_label(value)]
 
 
 def inspect_step(scored: ScoredFile, trace_id: str, step: int) -> None:

@@ -20,7 +20,8 @@ from dashboard.common.runs import Run
 from dashboard.common.state import ModelKey
 from dashboard.common.widgets import download
 from dashboard.diagnose import probe_state as dstate
-from dashboard.diagnose.probe_state import ProbeFile, Reading, ScoreRequest, TrainRequest
+from dashboard.diagnose.probe_state import ProbeFile, Reading, ScoreRequest
+from dashboard.diagnose.train_state import TRAIN_REQUEST_KEY, TrainRequest, train_here
 
 SOURCE_KEY = "probe_source"
 SHIPPED_KEY = "probe_shipped"
@@ -35,7 +36,7 @@ TRAIN_INPUT_KEY = "probe_train_step_input"
 SOURCES = {"shipped": "shipped with Telltale", "upload": "upload a probe",
            "train": "train one here on this file"}
 
-TRAIN = Run(dstate.TRAIN_REQUEST_KEY, "Train probe", noun="training")
+TRAIN = Run(TRAIN_REQUEST_KEY, "Train probe", noun="training")
 SCORE = Run(dstate.SCORE_REQUEST_KEY, "Score with this probe", noun="scoring")
 
 
@@ -131,7 +132,7 @@ def run_training(file_hash: str, reading: Reading, traces: list[Trace], stem: st
     request = TRAIN.request(TrainRequest.from_state)
     if request is None or request.file_hash != file_hash or request.reading != reading:
         return
-    trained = TRAIN.result(request, lambda bar: dstate.train_here(request, stem, traces, bar),
+    trained = TRAIN.result(request, lambda bar: train_here(request, stem, traces, bar),
                            "Reading the chains with the model", "chain(s)")
     if trained is None:
         return

@@ -5,20 +5,19 @@
   parsed `ProbeBundle` is cached on that hash (`core.diagnose.probes.probe_from_bytes`, no file
   written). Probes trained here live in a process-wide store (`st.cache_resource`), session state
   holds only their hash.
-- Training and scores are cached with `st.cache_data`, keyed on the model, the trace file's
-  content hash and reading options, and the probe's hash or the training settings; scores per
-  block of chains, so a rerun, another chain or another session reuses them, and progress is
-  reported between blocks.
-- Nothing here draws on the page, except the progress callbacks it is handed; the maths is
-  `core` (capture, train_probes, score_capture, step_phases, evaluation_report, roc_curves,
-  token_scores).
+- Scores are cached with `st.cache_data`, keyed on the model, the trace file's content hash and
+  reading options, and the probe's hash, per block of chains, so a rerun, another chain or
+  another session reuses them, and progress is reported between blocks. (Training a probe here
+  is `train_state`.)
+- Nothing here draws on the page; the maths is `core` (capture, score_capture, step_phases,
+  evaluation_report, roc_curves, token_scores).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +38,13 @@ from core.diagnose.evaluation import (
     token_scores,
 )
 from core.diagnose.feature_store import CaptureConfig, capture_in_memory
-from core.diagnose.probes import ProbeBundle, TrackerConfig, probe_from_bytes, probe_to_bytes
+from core.diagnose.probes import ProbeBundle, probe_from_bytes, probe_to_bytes
 from core.diagnose.report import EvaluationReport
 from core.progress import Progress
-from dashboard.common.runs import Bar
 from dashboard.common.state import SAMPLE_FOLDER, ModelKey, content_hash, get_model, model_key
 
 PROBE_FOLDER = SAMPLE_FOLDER / "probes"
 SCORE_REQUEST_KEY = "probe_score_request"  # session state: what "Score" asked for
-TRAIN_REQUEST_KEY = "probe_train_request"  # session state: what "Train probe" asked for
 TRAINED_KEY = "probe_trained"  # session state: {"hash", "name"} of the probe trained here
 BLOCK_CHAINS = 8  # chains per cached scoring block (progress is reported between blocks)
 STORE_SIZE = 16  # probes trained here kept per process
@@ -117,7 +114,7 @@ def keep_trained(probe: ProbeFile) -> None:
 # ---------------------------------------------------------------------------- requests
 
 
-def _common_fields(value: dict[str, Any]) -> tuple[ModelKey, str, Reading]:
+def common_fields(value: dict[str, Any]) -> tuple[ModelKey, str, Reading]:
     """(model, file_hash, reading) of a request kept in session state; raises on a bad shape."""
     fmt, mode, pattern = value["reading"]
     return (model_key(value["model"]), str(value["file_hash"]),
@@ -142,7 +139,7 @@ class ScoreRequest:
         if not isinstance(value, dict):
             return None
         try:
-            return cls(*_common_fields(value), str(value["probe_hash"]))
+            return cls(*common_fields(value), str(value["probe_hash"]))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -150,79 +147,6 @@ class ScoreRequest:
     def key(self) -> str:
         """A short name of this scoring, for widget keys and caches."""
         return content_hash(json.dumps(self.to_state()).encode())
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """A "Train probe" press: the file, the layer(s) and the options; plain values."""
-
-    model: ModelKey
-    file_hash: str
-    reading: Reading
-    layers: str  # "middle", one layer "15", or a sweep "all" / "4-20" / "8,12,16"
-    sweep: bool
-    epochs: int
-    step_pooling: str
-    step_input: bool
-
-    def to_state(self) -> dict[str, Any]:
-        state = asdict(self)
-        state["model"], state["reading"] = list(self.model), list(self.reading)
-        return state
-
-    @classmethod
-    def from_state(cls, value: object) -> TrainRequest | None:
-        if not isinstance(value, dict):
-            return None
-        try:
-            return cls(*_common_fields(value), str(value["layers"]), bool(value["sweep"]),
-                       int(value["epochs"]), str(value["step_pooling"]),
-                       bool(value["step_input"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-# ---------------------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class Trained:
-    """A probe trained here: its files, and how many chains trained and validated it."""
-
-    probe: ProbeFile
-    n_train_chains: int
-    n_val_chains: int
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def train_here(request: TrainRequest, name: str, _traces: Sequence[Trace],
-               _progress: Bar | None = None) -> Trained:
-    """Capture the file's chains at the requested layer(s) and train the probes (choosing the
-    layer on validation chains for a sweep); cached on the request (which names `_traces`).
-    `_progress` reports the capture, then its `stage` the training. ValueError for unusable
-    data."""
-    from core.diagnose.probe_training import TrainConfig, train_probes
-    from core.runtime.layers import parse_layers
-
-    if _progress:
-        _progress(0, 0)
-    loaded = get_model(*request.model)
-    text = str(loaded.n_layers // 2) if request.layers.strip() in ("", "middle") else \
-        request.layers
-    layers = parse_layers(text, loaded.n_layers)
-    if not request.sweep:
-        layers = layers[:1]
-    config = TrainConfig(step_pooling=request.step_pooling, tracker=TrackerConfig(
-        epochs=request.epochs, step_input=request.step_input))
-    capture = capture_in_memory(loaded, list(_traces), CaptureConfig(
-        layers=tuple(layers), poolings=config.poolings, batch_size=4), _progress)
-    if capture.index.empty:
-        raise ValueError("No chain of this file could be read by the model (too long, or steps "
-                         "without tokens of their own).")
-    result = train_probes(capture, layers, config,
-                          _progress.stage("Training", "layer(s)") if _progress else None)
-    probe = ProbeFile.of(result.bundle, f"{name}-L{result.bundle.meta.layer}")
-    return Trained(probe, result.n_train_chains, result.n_val_chains)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -326,9 +250,8 @@ def chain_token_scores(model: ModelKey, file_hash: str, reading: Reading, probe_
 
 
 __all__ = [
-    "BLOCK_CHAINS", "PROBE_FOLDER", "SCORE_REQUEST_KEY", "TRAINED_KEY", "TRAIN_REQUEST_KEY",
-    "ProbeFile", "ScoreRequest", "TrainRequest", "Trained", "chain_token_scores",
-    "file_report", "file_roc_curves", "keep_trained", "load_bundle", "probe_bundle",
-    "read_probe_file", "report_json", "score_block", "score_file", "shipped_probes",
-    "step_table", "trained_store", "train_here",
+    "BLOCK_CHAINS", "PROBE_FOLDER", "SCORE_REQUEST_KEY", "TRAINED_KEY", "ProbeFile",
+    "ScoreRequest", "chain_token_scores", "common_fields", "file_report", "file_roc_curves",
+    "keep_trained", "load_bundle", "probe_bundle", "read_probe_file", "report_json",
+    "score_block", "score_file", "shipped_probes", "step_table", "trained_store",
 ]

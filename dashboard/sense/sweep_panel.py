@@ -13,6 +13,7 @@ from dashboard.common.runs import Bar, Run, with_model
 from dashboard.common.state import ModelKey
 from dashboard.common.widgets import figure_download, table_download
 from dashboard.sense import charts as charts_sense
+from dashboard.sense import replies
 from dashboard.sense import state as istate
 from dashboard.sense.inputs import (
     POSITION_HELP,
@@ -110,7 +111,7 @@ def show_sweep(trials: pd.DataFrame, request: istate.SweepRequest) -> None:
     left.plotly_chart(main, key="intro_sweep_chart")
     with right:
         st.plotly_chart(controls, key="intro_sweep_controls_chart")
-        st.caption(f"The controls: {charts_sense.false_positive_text(summary)}. A random vector "
+        st.caption(f"The controls: {replies.false_positive_text(summary)}. A random vector "
                    "or the negated vector that is 'detected' as often as the concept means the "
                    "model reacts to any push, not to the concept.")
     with st.expander(f"Summary table ({len(summary)} settings)"):

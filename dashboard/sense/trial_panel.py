@@ -15,6 +15,7 @@ from dashboard.common.runs import Bar, Run, attempt, with_model
 from dashboard.common.state import ModelKey
 from dashboard.common.widgets import figure_download, table_download
 from dashboard.sense import charts as charts_sense
+from dashboard.sense import replies
 from dashboard.sense import state as istate
 from dashboard.sense.inputs import (
     POSITION_HELP,
@@ -55,9 +56,9 @@ def rate_metric(column: Any, label: str, summary: dict[str, Any], key: str, n_ke
                 help_text: str = "") -> None:
     p, lo, hi, n = (summary.get(key), summary.get(f"{key}_lo"), summary.get(f"{key}_hi"),
                     summary.get(n_key))
-    interval = (f"95% Wilson interval [{charts_sense.fraction_text(lo)}, "
-                f"{charts_sense.fraction_text(hi)}] over {n} trial(s). ") if lo is not None else ""
-    column.metric(label, charts_sense.fraction_text(p), help=interval + help_text)
+    interval = (f"95% Wilson interval [{replies.fraction_text(lo)}, "
+                f"{replies.fraction_text(hi)}] over {n} trial(s). ") if lo is not None else ""
+    column.metric(label, replies.fraction_text(p), help=interval + help_text)
 
 
 def reply_card(column: Any, run: TrialRun, condition: str, trial: int) -> None:
@@ -67,7 +68,7 @@ def reply_card(column: Any, run: TrialRun, condition: str, trial: int) -> None:
         if rows.empty:
             st.caption("This control was not run.")
             return
-        st.html(charts_sense.trial_card_html({str(k): v for k, v in rows.iloc[0].items()}))
+        st.html(replies.trial_card_html({str(k): v for k, v in rows.iloc[0].items()}))
 
 
 def show_trial(run: TrialRun, lens: pd.DataFrame | None, request: istate.TrialRequest) -> None:
@@ -80,7 +81,7 @@ def show_trial(run: TrialRun, lens: pd.DataFrame | None, request: istate.TrialRe
                f"**{request.spec.positions}**; {request.config.n_trials} trial(s) per condition, "
                f"up to {request.config.max_new_tokens} new tokens, temperature "
                f"{request.config.temperature:g}, seed {request.config.seed}.")
-    st.caption(charts_sense.push_sentence(run.vector_norm, run.mean_residual_norm,
+    st.caption(replies.push_sentence(run.vector_norm, run.mean_residual_norm,
                                           request.spec.strength, request.spec.scale))
     cols = st.columns(5)
     rate_metric(cols[0], "detection", summary, "detection",
@@ -89,14 +90,14 @@ def show_trial(run: TrialRun, lens: pd.DataFrame | None, request: istate.TrialRe
                 help_text="Detected, names the concept, and the claim comes first.")
     rate_metric(cols[2], "false positives", summary, "false_positive", "n_none",
                 help_text="Detection claims with no injection.")
-    cols[3].metric("net score", charts_sense.fraction_text(summary.get("net")),
+    cols[3].metric("net score", replies.fraction_text(summary.get("net")),
                    help="identification - false positives (the paper: about 0.2 for Claude "
                         "Opus 4.1 at its best layer).")
     rate_metric(cols[4], "coherence", summary, "coherence",
                 help_text="Replies that read as language, with the concept injected.")
 
     st.markdown("**Replies**, marked by the rule grader")
-    st.html(charts_sense.mark_legend_html())
+    st.html(replies.mark_legend_html())
     trial = 0
     if request.config.n_trials > 1:
         trial = int(st.columns([1, 3])[0].selectbox(
