@@ -155,7 +155,10 @@ def test_train_evaluate_score(model_dir, tmp_path, capsys) -> None:
         assert key in report
     assert report["n_chains"] == 40
     assert set(report["baselines"]) == {"mean_entropy", "mean_nll", "max_nll", "min_prob",
-                                        "global_mean_probe"}
+                                        "global_mean_probe", "last_token", "text"}
+    assert report["intervals"]["unit"] == "problem" and "text" in report["intervals"]["lead"]
+    assert set(report["dynamic_at_0_5"]) == set(report["dynamic"])
+    assert report["accuracy"] is None  # these traces carry no gold answer
     scored = tmp_path / "scored.jsonl"
     assert _run(["score", *common, "--probe", str(probe), "--out", str(scored)], capsys)[0] == 0
     first = json.loads(scored.read_text().splitlines()[0])

@@ -198,9 +198,85 @@ def test_report_as_dict_keeps_the_json_keys_of_evaluate() -> None:
     report = evaluation_report(two_chains(), threshold=0.5, step_threshold=0.5).as_dict()
     assert list(report) == ["n_chains", "n_steps", "threshold", "step_auroc", "step_auprc",
                             "prefix_auroc", "final_auroc", "step_f1", "final_counts",
-                            "baselines", "dynamic", "residual_time", "recovery"]
+                            "baselines", "dynamic", "dynamic_at_0_5", "residual_time",
+                            "recovery", "answered", "accuracy", "chance_accuracy", "answers"]
+    assert report["answered"] is None and report["chance_accuracy"] is None  # not computed
     assert set(report["baselines"]["mean_entropy"]) == {"step_auroc", "step_auprc",
                                                         "prefix_auroc", "final_auroc"}
     assert set(report["recovery"]) == {"k", "n_chains", "n_correct", "share_correct", "ci_low",
                                        "ci_high"}
     assert json.loads(json.dumps(report)) == report
+
+
+def _paired_chains(n_problems: int, seed: int = 0) -> list[ScoredChain]:
+    """Two chains per problem (as in the read chains: one ends right, one wrong), with a noisy
+    probe and a noisy text baseline."""
+    rng = np.random.default_rng(seed)
+    chains = []
+    for p in range(n_problems):
+        for wrong in (0, 1):
+            labels = [0.0, float(wrong), float(wrong)]
+            step = np.clip(np.array(labels) * 0.3 + rng.random(3) * 0.7, 0, 1)
+            prefix = np.clip(np.array(labels) * 0.2 + rng.random(3) * 0.8, 0, 1)
+            text = rng.random(3)
+            chains.append(ScoredChain(f"p{p}-c{wrong}", f"p{p}", step, prefix,
+                                      np.array(labels), np.array(labels), not wrong,
+                                      {"text": text}, {"text": np.cumsum(text) / 3}))
+    return chains
+
+
+def test_intervals_resample_problems_with_all_their_chains() -> None:
+    """The oracle: a naive bootstrap drawing problems with the same generator, each drawn
+    problem bringing both its chains, AUROC by scikit-learn, percentiles by numpy."""
+    from sklearn.metrics import roc_auc_score
+
+    chains = _paired_chains(25)
+    found = ranking_intervals(chains, n_resamples=300, seed=4)
+    assert found["unit"] == "problem" and found["n_problems"] == 25
+    rng = np.random.default_rng(4)
+    finals, leads = [], []
+    for _ in range(300):
+        drawn = [c for p in rng.integers(0, 25, 25) for c in chains[2 * p: 2 * p + 2]]
+        y = [c.prefix_labels[-1] for c in drawn]
+        mine = roc_auc_score(y, [c.prefix_scores[-1] for c in drawn])
+        theirs = roc_auc_score(y, [c.baselines_prefix["text"][-1] for c in drawn])
+        finals.append(mine)
+        leads.append(mine - theirs)
+    np.testing.assert_allclose(found["probe"]["final_auroc"], np.percentile(finals, [2.5, 97.5]))
+    np.testing.assert_allclose(found["lead"]["text"]["final_auroc"],
+                               np.percentile(leads, [2.5, 97.5]))
+
+
+def test_report_gives_dynamics_at_the_threshold_and_at_0_5_and_the_answers() -> None:
+    from core.data.answers import accuracy_with_chance
+    from core.diagnose.metrics import ChainScores, dynamic_metrics
+
+    chains = _paired_chains(10, seed=1)
+    answers = accuracy_with_chance(["3", None, "4", "9"], ["3", "3", "4", "4"],
+                                   ["a", "a", "b", "b"], n_shuffles=5)
+    report = evaluation_report(chains, threshold=0.8, answers=answers)
+    plain = [ChainScores(c.prefix_scores, c.prefix_labels.astype(int),
+                         c.step_labels.astype(int), c.is_correct) for c in chains]
+    assert report.dynamic == dynamic_metrics(plain, 0.8)
+    assert report.dynamic_at_0_5 == dynamic_metrics(plain, 0.5)
+    assert report.dynamic != report.dynamic_at_0_5
+    out = report.as_dict()
+    assert out["dynamic_at_0_5"] == dynamic_metrics(plain, 0.5).as_dict()
+    assert (out["answered"], out["accuracy"]) == (0.75, 0.5)
+    assert out["chance_accuracy"] == answers.chance_mean and out["answers"]["n_shuffles"] == 5
+    assert set(out["baselines"]) == {"text"}
+
+
+def test_answer_accuracy_counts_an_unanswered_trace_as_wrong() -> None:
+    from core.data.answers import accuracy_with_chance
+    from core.diagnose.evaluation import answer_accuracy
+
+    traces = [trace_from_dict({"id": f"t{i}", "problem_id": f"p{i // 2}", "prompt": "q",
+                               "steps": ["x"], "answer": answer, "gold": gold,
+                               "answered": answered})
+              for i, (answer, gold, answered) in enumerate(
+                  [("7", "7", True), ("7", "7", False), ("5", "9", True), (None, "9", None)])]
+    found = answer_accuracy(traces, n_shuffles=4, seed=2)
+    assert (found.n, found.n_answered, found.n_correct) == (4, 2, 1)
+    assert found == accuracy_with_chance(["7", None, "5", None], ["7", "7", "9", "9"],
+                                         ["p0", "p0", "p1", "p1"], 4, 2)

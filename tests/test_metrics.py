@@ -148,7 +148,7 @@ def test_summarize_binary() -> None:
 # ---------------------------------------------------------------------------------------------
 
 # Chain A: flags (c > 0.5) = [F, T, T, F]; t_on = 1 (0-indexed), t_rec = 3.
-#   Snap 0.8 - 0.1 = 0.7; Lag 0; caught at onset; R_Score 1 - mean(0.9, 0.3) = 0.4;
+#   Snap 0.8 - 0.1 = 0.7; Lag 0; caught at onset; R_Score 1 - 0.3 (the recovered step 3) = 0.7;
 #   Brake 0.9 - 0.3 = 0.6; Ling 0 (flag already down at t_rec); healed; no false alarm.
 CHAIN_A = ChainScores(
     prefix_scores=np.array([0.1, 0.8, 0.9, 0.3]),
@@ -158,7 +158,8 @@ CHAIN_A = ChainScores(
 )
 # Chain B: flags = [T, F, F, T, T, T, F]; t_on = 2, t_rec = 4.
 #   Snap 0.3 - 0.2 = 0.1; Lag 1 (first alarm at step 3); not caught at onset;
-#   R_Score 1 - mean(0.7, 0.8, 0.9, 0.4) = 0.3; Brake 0.7 - 0.8 = -0.1; Ling 2 (steps 4, 5);
+#   R_Score 1 - mean(0.8, 0.9, 0.4) (recovered steps 4-6) = 0.3; Brake 0.7 - 0.8 = -0.1;
+#   Ling 2 (steps 4, 5);
 #   healed (flag down at step 6 = t_rec + 2); false-alarm runs: [step 0], [steps 4, 5] -> 1, 2.
 CHAIN_B = ChainScores(
     prefix_scores=[0.6, 0.2, 0.3, 0.7, 0.8, 0.9, 0.4],
@@ -169,10 +170,10 @@ CHAIN_B = ChainScores(
 # Chain C: never hallucinated, no step labels. flags = [T, T, F] -> one false-alarm run of 2.
 CHAIN_C = ChainScores(prefix_scores=[0.7, 0.7, 0.2], prefix_labels=[0, 0, 0])
 # Chain D: onset at the first step, never caught. Snap left out (no step before onset);
-#   Lag = T - t_on + 1 = 3 - 1 + 1 = 3 (1-indexed); R_Score 1 - mean(0.3, 0.4) = 0.65.
+#   Lag = T - t_on + 1 = 3 - 1 + 1 = 3 (1-indexed); no recovered step.
 CHAIN_D = ChainScores(prefix_scores=[0.2, 0.3, 0.4], prefix_labels=[1, 1, 1])
 # Chain E: onset at the first step, caught; t_rec = 1 but the alarm lingers to the end.
-#   Lag 0; caught; R_Score 1 - mean(0.9, 0.8, 0.7, 0.6) = 0.25; Brake 0.9 - 0.9 = 0;
+#   Lag 0; caught; recovered steps 1-4; Brake 0.9 - 0.9 = 0;
 #   Ling 4; not healed (steps 1, 2, 3 all flagged); false-alarm run of 4 (steps 1-4).
 CHAIN_E = ChainScores(
     prefix_scores=[0.9, 0.9, 0.8, 0.7, 0.6],
@@ -190,16 +191,14 @@ def test_dynamic_metrics_single_chain_a() -> None:
         "Brake_S": 0.6,
         "Ling_T": 0.0,
         "Heal_3": 1.0,
-        "R_Score": 0.4,
+        "R_Score": 0.7,
         "FP_Len": None,
     }
     got = m.as_dict()
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == pytest.approx(value), key
-    assert (m.n_onsets, m.n_recoveries) == (1, 1)
-    # Released code's variant: 1 - c at the recovered step 3 = 0.7.
-    assert m.r_score_recovered == pytest.approx(0.7)
+    assert (m.n_onsets, m.n_recoveries, m.n_recovered_steps) == (1, 1, 1)
 
 
 def test_dynamic_metrics_single_chain_b() -> None:
@@ -225,8 +224,10 @@ def test_dynamic_metrics_pooled_over_chains() -> None:
     # Lag: A 0, B 1, D 3, E 0 -> 1.0; ICR: A, E caught of 4 -> 0.5.
     assert m.lag == pytest.approx(1.0)
     assert m.icr == pytest.approx(0.5)
-    # R_Score: (0.4 + 0.3 + 0.65 + 0.25) / 4 = 0.4.
-    assert m.r_score == pytest.approx(0.4)
+    # R_Score pools the recovered steps: A 0.3; B 0.8, 0.9, 0.4; E 0.9, 0.8, 0.7, 0.6 (D has
+    # none) -> 1 - 5.4 / 8.
+    assert m.r_score == pytest.approx(1 - 5.4 / 8)
+    assert m.n_recovered_steps == 8
     # Recoveries A, B, E: Brake (0.6 - 0.1 + 0) / 3; Ling (0 + 2 + 4) / 3; Heal 2 / 3.
     assert m.brake_s == pytest.approx(0.5 / 3)
     assert m.ling_t == pytest.approx(2.0)
@@ -234,8 +235,6 @@ def test_dynamic_metrics_pooled_over_chains() -> None:
     # False-alarm runs: B 1, 2; C 2; E 4 -> 9 / 4.
     assert m.fp_len == pytest.approx(2.25)
     assert (m.n_onsets, m.n_recoveries) == (4, 3)
-    # Recovered steps: A 0.3; B 0.8, 0.9, 0.4; E 0.9, 0.8, 0.7, 0.6 -> 1 - 5.4 / 8.
-    assert m.r_score_recovered == pytest.approx(1 - 5.4 / 8)
 
 
 def test_dynamic_metrics_threshold_moves_flags() -> None:
@@ -262,14 +261,15 @@ def test_dynamic_metrics_none_when_no_event() -> None:
     clean = dynamic_metrics([CHAIN_C]).as_dict()
     assert clean.pop("FP_Len") == pytest.approx(2.0)
     assert all(v is None for v in clean.values())
-    # Onset at the last step: nothing after t_on for R_Score, no recovery, no false alarm.
+    # Onset at the last step: no recovered step for R_Score, no recovery, no false alarm.
     late = dynamic_metrics([ChainScores([0.1, 0.9], [0, 1])])
     assert late.snap_m == pytest.approx(0.8)
     assert (late.lag, late.icr) == (0.0, 1.0)
     assert late.r_score is None
     assert late.brake_s is None and late.ling_t is None and late.heal_3 is None
     assert late.fp_len is None
-    assert late.r_score_recovered is None
+    # A chain that stays wrong to the end has no recovered step either: R_Score is None.
+    assert dynamic_metrics([CHAIN_D]).r_score is None
     # Onset at the first step only: Snap_M has no supporting chain.
     assert dynamic_metrics([CHAIN_D]).snap_m is None
 
@@ -388,3 +388,57 @@ def test_grouped_bootstrap_resamples_whole_groups() -> None:
     assert constant["c"] == (0.25, 0.25)
     with pytest.raises(ValueError, match="confidence"):
         grouped_bootstrap(lambda p: {}, 3, confidence=1.0)
+
+
+def _naive_dynamics(chains: list[tuple[list[float], list[int]]], thr: float) -> dict:
+    """The paper's dynamic metrics written as plain loops over 0-indexed steps (the oracle)."""
+    snaps, lags, icr, brakes, heals, recovered, fp_runs = [], [], [], [], [], [], []
+    for c, y in chains:
+        n = len(y)
+        if 1 in y:
+            on = y.index(1)
+            if on > 0:
+                snaps.append(c[on] - c[on - 1])
+            later = [t for t in range(on, n) if c[t] > thr]
+            lags.append(later[0] - on if later else n - on)
+            icr.append(1.0 if c[on] > thr else 0.0)
+        for t in range(1, n):
+            if y[t - 1] == 1 and y[t] == 0:
+                brakes.append(c[t - 1] - c[t])
+                heals.append(1.0 if any(c[k] <= thr for k in range(t, min(n, t + 3))) else 0.0)
+        gone_wrong = False
+        for t in range(n):
+            gone_wrong = gone_wrong or y[t] == 1
+            if gone_wrong and y[t] == 0:
+                recovered.append(c[t])
+        run = 0
+        for t in range(n):
+            if y[t] == 0 and c[t] > thr:
+                run += 1
+            elif run:
+                fp_runs.append(run)
+                run = 0
+        if run:
+            fp_runs.append(run)
+
+    def mean(values: list) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return {"Snap_M": mean(snaps), "Lag": mean(lags), "ICR": mean(icr), "Brake_S": mean(brakes),
+            "Heal_3": mean(heals),
+            "R_Score": None if not recovered else 1 - sum(recovered) / len(recovered),
+            "FP_Len": mean(fp_runs)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("threshold", [0.5, 0.73])
+def test_dynamic_metrics_equal_plain_loops_on_random_chains(seed: int, threshold: float) -> None:
+    rng = np.random.default_rng(seed)
+    chains = []
+    for _ in range(30):
+        n = int(rng.integers(1, 9))
+        labels = [int(x) for x in rng.random(n) < 0.4]
+        chains.append(([float(x) for x in rng.random(n)], labels))
+    got = dynamic_metrics([ChainScores(c, y) for c, y in chains], threshold).as_dict()
+    for key, value in _naive_dynamics(chains, threshold).items():
+        assert got[key] == (None if value is None else pytest.approx(value)), key

@@ -4,6 +4,7 @@ captures with a planted hallucination direction (no model needed)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,25 @@ def test_fit_logistic_recovers_a_planted_direction() -> None:
     cosine = probe.weight @ direction / np.linalg.norm(probe.weight)
     assert cosine > 0.99
     assert ((probe.scores(x) > 0.5) == y).mean() > 0.97
+
+
+def test_fit_logistic_matches_scikit_learn_and_says_it_converged() -> None:
+    """The oracle: scikit-learn's L2 logistic regression with C = 1 / (n * l2) minimises the
+    same objective (up to the tiny penalty on the bias, which scikit-learn leaves out)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, _ = _planted(600, seed=5)
+    x = x + np.random.default_rng(6).normal(size=x.shape)  # overlapping classes: finite optimum
+    l2 = 1e-2
+    probe = fit_logistic(x, y, l2=l2)
+    normalised = probe.inputs(x)
+    oracle = LogisticRegression(C=1.0 / (len(y) * l2), tol=1e-10, max_iter=10_000).fit(
+        normalised, y)
+    np.testing.assert_allclose(probe.weight, oracle.coef_[0], rtol=2e-3, atol=2e-3)
+    assert probe.fit is not None and probe.fit.converged
+    assert probe.fit.n_iter < 100 and probe.fit.grad_max < 1e-4
+    capped = fit_logistic(x, y, l2=1e-6, max_iter=2)
+    assert capped.fit is not None and not capped.fit.converged and capped.fit.n_iter == 2
 
 
 def test_fit_logistic_rejects_one_class() -> None:
@@ -118,19 +138,22 @@ def _capture(n_chains: int = 150, signal_layer: int = 2) -> CaptureSet:
     rows, feats = [], {}
     for c, (x, step_y, prefix_y) in enumerate(data):
         for t in range(len(x)):
+            words = f"step {t} adds {int(rng.integers(2, 40))}"  # the text says little
+            if step_y[t] and rng.random() < 0.5:
+                words += " oops"  # half the broken steps say so in words
             rows.append({"trace_id": f"t{c}", "problem_id": f"p{c // 3}", "step": t,
                          "label": step_y[t], "prefix_label": prefix_y[t],
                          "is_correct": bool(prefix_y[-1] == 0),
                          "mean_entropy": rng.random(), "mean_nll": rng.random(),
-                         "max_nll": rng.random(), "min_prob": rng.random()})
+                         "max_nll": rng.random(), "min_prob": rng.random(), "text": words})
     stacked = np.concatenate([x for x, _, _ in data])
     step_feat = stacked.copy()
     step_feat[:, 1] += np.concatenate([s for _, s, _ in data]) * 3.0  # the step signal
     noise = rng.normal(size=stacked.shape)
     for layer in (1, 2, 3):
         good = layer == signal_layer
-        for pooling in ("exp", "causal", "prefix_mean"):
-            base = step_feat if pooling == "exp" else stacked
+        for pooling in ("exp", "causal", "prefix_mean", "last"):
+            base = step_feat if pooling in ("exp", "last") else stacked
             feats[(layer, pooling)] = (base if good else noise).astype(np.float32)
     manifest = {"model": "synthetic", "model_name": "synthetic", "hidden_size": HIDDEN,
                 "layers": [1, 2, 3], "traces_hash": "abc"}
@@ -159,6 +182,21 @@ def test_sweep_picks_the_layer_with_the_signal_and_beats_noise() -> None:
                                           "Heal_3", "R_Score", "FP_Len"}
     assert result.report.probes == Ranking(**{k: result.sweep.set_index("layer").loc[2, k]
                                               for k in RANKING_KEYS})
+    # the baselines trained beside the probes, and how every LBFGS fit ended
+    bundle = result.bundle
+    assert bundle.last_token_step is not None and bundle.last_token_prefix is not None
+    assert bundle.text is not None and "last" in bundle.poolings
+    assert set(report.baselines) == {"mean_entropy", "mean_nll", "max_nll", "min_prob",
+                                     "global_mean_probe", "last_token", "text"}
+    text = report.baselines["text"].step_auroc
+    assert text is not None and 0.6 < text < 0.9  # "oops" marks half the broken steps
+    assert set(bundle.meta.fits) == {"step", "tracker_start", "baseline_step",
+                                     "baseline_prefix", "last_token_step", "last_token_prefix"}
+    assert all(isinstance(fit["converged"], bool) for fit in bundle.meta.fits.values())
+    no_extras = train_probes(capture, [2], TrainConfig(tracker=TrackerConfig(epochs=1),
+                                                       last_token=False, text=None))
+    assert no_extras.bundle.text is None and no_extras.bundle.last_token_step is None
+    assert "last" not in no_extras.bundle.poolings
 
 
 def test_layer_choice_ignores_a_final_auroc_resting_on_a_few_chains() -> None:
@@ -214,6 +252,37 @@ def test_probe_file_round_trip(tmp_path) -> None:
     a = bundle.score_chain({"exp": x, "causal": x, "prefix_mean": x})
     b = loaded.score_chain({"exp": x, "causal": x, "prefix_mean": x})
     np.testing.assert_allclose(a["prefix"], b["prefix"])
+
+
+def test_last_token_probes_round_trip_and_score_the_last_pooling(tmp_path) -> None:
+    from core.diagnose.probes import probe_from_bytes, probe_to_bytes
+
+    rng = np.random.default_rng(2)
+    bundle = replace(_bundle(), last_token_step=LinearProbe(rng.normal(size=HIDDEN), 0.3),
+                     last_token_prefix=LinearProbe(rng.normal(size=HIDDEN), -0.1))
+    back = probe_from_bytes(*probe_to_bytes(bundle))
+    x, last = rng.normal(size=(3, HIDDEN)), rng.normal(size=(3, HIDDEN))
+    scores = back.score_chain({"exp": x, "causal": x, "prefix_mean": x, "last": last})
+    np.testing.assert_allclose(scores["last_token_step"], bundle.last_token_step.scores(last))
+    np.testing.assert_allclose(scores["last_token_prefix"],
+                               bundle.last_token_prefix.scores(last))
+    assert back.poolings == ("exp", "causal", "prefix_mean", "last")
+
+
+def test_a_version_1_probe_file_still_loads(tmp_path) -> None:
+    """Files written before the last-token probes, the text baseline and the fit records."""
+    from core.diagnose.probes import probe_from_bytes, probe_to_bytes
+
+    weights, sidecar = probe_to_bytes(_bundle())
+    old = json.loads(sidecar)
+    old["probe_version"] = 1
+    del old["fits"]
+    back = probe_from_bytes(weights, json.dumps(old).encode())
+    assert back.meta.fits == {} and back.text is None and back.last_token_step is None
+    assert back.poolings == ("exp", "causal", "prefix_mean")
+    newer = dict(old, probe_version=99)
+    with pytest.raises(ValueError, match="newer"):
+        probe_from_bytes(weights, json.dumps(newer).encode())
 
 
 def test_probe_for_another_model_is_a_clear_error(tmp_path) -> None:

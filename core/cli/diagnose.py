@@ -1,5 +1,5 @@
-"""`telltale capture | signals | train | evaluate | score`: the Diagnose layer on the command
-line."""
+"""`telltale capture | signals | train | evaluate | score | make-read-chains`: the Diagnose layer
+on the command line."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _capture(loaded: Any, traces: list, layers: list[int], poolings: tuple[str, 
     config = CaptureConfig(layers=tuple(layers), poolings=poolings, batch_size=args.batch_size,
                            max_tokens=args.max_tokens)
     with progress_bar("capture") as update:
-        if getattr(args, "capture", None):
+        if args.capture:
             capture_traces(loaded, traces, args.capture, config, progress=update)
             return load_capture(args.capture)
         return capture_in_memory(loaded, traces, config, progress=update)
@@ -89,16 +89,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = result.report.probes
     if len(layers) > 1:
         print(result.sweep.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    text = result.report.baselines.get("text")
     print(f"Layer {result.bundle.meta.layer}: validation step AUROC "
           f"{common.fmt(report.step_auroc)}, "
-          f"final-prefix AUROC {common.fmt(report.final_auroc)}, "
-          f"threshold {result.bundle.meta.threshold:.3f} ({result.n_train_chains} train / "
+          f"final-prefix AUROC {common.fmt(report.final_auroc)}"
+          + ("" if text is None else f" (text-only classifier: {common.fmt(text.step_auroc)}, "
+                                     f"{common.fmt(text.final_auroc)})")
+          + f", threshold {result.bundle.meta.threshold:.3f} ({result.n_train_chains} train / "
           f"{result.n_val_chains} validation chains). Saved {weights} and {meta}.")
+    for part, fit in result.bundle.meta.fits.items():
+        if not fit["converged"]:
+            print(f"warning: the {part} fit stopped at its iteration cap ({fit['n_iter']} "
+                  f"LBFGS iterations, max |gradient| {fit['grad_max']:.2g}) before converging",
+                  file=sys.stderr)
     return 0
 
 
 def _fmt_ci(interval: list[float] | None) -> str:
     return "n/a" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _lead(mine: float | None, theirs: float | None) -> str:
+    return "n/a" if mine is None or theirs is None else f"{mine - theirs:+.3f}"
 
 
 def _scored(args: argparse.Namespace) -> tuple[Any, list, list]:
@@ -113,35 +125,75 @@ def _scored(args: argparse.Namespace) -> tuple[Any, list, list]:
     return bundle, traces, score_capture(bundle, capture)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from core.diagnose.evaluation import evaluation_report
+def print_report(report: Any, layer: int) -> None:
+    """The text form of an `EvaluationReport` (what `telltale evaluate` prints without --json)."""
+    from core.diagnose.evaluation import BASELINE_LABELS
 
-    bundle, _, chains = _scored(args)
+    counts = report.final_counts
+    intervals = report.intervals
+    print(f"{report.n_chains} chains, {report.n_steps} steps, layer {layer}, alarm threshold "
+          f"{report.threshold:.3f}; final step: {counts.positive} chains gone wrong, "
+          f"{counts.negative} sound")
+    answers = report.answers
+    if answers is not None and answers.n:
+        print(f"answers: {answers.n_answered}/{answers.n} stated ({answers.answered_share:.1%}); "
+              f"accuracy {answers.accuracy:.1%} ({answers.n_correct} right; unanswered count as "
+              f"wrong); chance {answers.chance_mean:.1%} +- {answers.chance_sd:.1%} (the same "
+              f"answers against golds shuffled across {answers.n_problems} problems, "
+              f"{answers.n_shuffles} shuffles)")
+    header = f"{'scores':<27}{'step AUROC':>11}{'step AUPRC':>11}{'prefix AUROC':>13}" \
+             f"{'final AUROC':>12}"
+    unit = f"{intervals['n_problems']} problems" if intervals else ""
+    print(header + (f"  95% intervals (bootstrap over {unit})" if intervals else ""))
+    rows = [("probes", report.probes), *((BASELINE_LABELS.get(n, n), r)
+                                         for n, r in report.baselines.items())]
+    keys = ["probe", *report.baselines]
+    for (label, row), key in zip(rows, keys, strict=True):
+        line = (f"{label:<27}{common.fmt(row.step_auroc):>11}{common.fmt(row.step_auprc):>11}"
+                f"{common.fmt(row.prefix_auroc):>13}{common.fmt(row.final_auroc):>12}")
+        if intervals:
+            ci = intervals["probe"] if key == "probe" else intervals["baselines"].get(key, {})
+            line += (f"  step {_fmt_ci(ci.get('step_auroc'))}, "
+                     f"final {_fmt_ci(ci.get('final_auroc'))}")
+        print(line)
+    print("lead of the probes (paired intervals over the same resamples):")
+    for name, row in report.baselines.items():
+        line = (f"  over {BASELINE_LABELS.get(name, name):<27} step "
+                f"{_lead(report.probes.step_auroc, row.step_auroc)}, final "
+                f"{_lead(report.probes.final_auroc, row.final_auroc)}")
+        if intervals and name in intervals["lead"]:
+            lead = intervals["lead"][name]
+            line += (f"  step {_fmt_ci(lead['step_auroc'])}, "
+                     f"final {_fmt_ci(lead['final_auroc'])}")
+        print(line)
+    for label, values in ((f"at the alarm threshold {report.threshold:.3f}",
+                           report.dynamic_dict()),
+                          ("at the paper's 0.5", report.dynamic_dict(at_0_5=True))):
+        print(f"dynamic {label}: " + ", ".join(f"{k} {common.fmt(v)}"
+                                               for k, v in values.items()))
+    if report.residual_time is not None:
+        summary = report.residual_time.summary()
+        print(f"residual time: {summary['n']} text-level recoveries, median "
+              f"{common.fmt(summary['median'])} steps with the alarm still up; "
+              f"{summary['n_censored']} censored (the chain ended with the alarm up, so the "
+              "value is only a lower bound)")
+    rec = report.recovery
+    print(f"recovery (k={rec.k}): {rec.n_correct}/{rec.n_chains} chains with {rec.k}+ broken "
+          f"steps in a row still end right"
+          + (f" (95% Wilson {rec.ci_low:.2f}-{rec.ci_high:.2f})" if rec.n_chains else ""))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.diagnose.evaluation import answer_accuracy, evaluation_report
+
+    bundle, traces, chains = _scored(args)
     threshold = args.threshold if args.threshold is not None else bundle.meta.threshold
     report = evaluation_report(chains, threshold, bundle.meta.step_threshold, k=args.k,
-                               n_resamples=args.bootstrap)
+                               n_resamples=args.bootstrap, answers=answer_accuracy(traces))
     if args.json:
         print(json.dumps(report.as_dict(), default=float))
         return 0
-    counts = report.final_counts
-    print(f"{report.n_chains} chains, {report.n_steps} steps, layer {bundle.meta.layer}, "
-          f"threshold {threshold:.3f}; final step: {counts.positive} chains gone wrong, "
-          f"{counts.negative} sound")
-    intervals = report.intervals
-    header = f"{'scores':<20}{'step AUROC':>12}{'step AUPRC':>12}{'prefix AUROC':>14}" \
-             f"{'final AUROC':>13}"
-    print(header + ("  (95% bootstrap intervals over chains)" if intervals else ""))
-    for name, row in [("probes", report.probes), *report.baselines.items()]:
-        line = (f"{name:<20}{common.fmt(row.step_auroc):>12}{common.fmt(row.step_auprc):>12}"
-                f"{common.fmt(row.prefix_auroc):>14}{common.fmt(row.final_auroc):>13}")
-        if intervals:
-            ci = intervals["probe"] if name == "probes" else intervals["baselines"][name]
-            line += f"  step {_fmt_ci(ci['step_auroc'])}, final {_fmt_ci(ci['final_auroc'])}"
-        print(line)
-    print("dynamic: " + ", ".join(f"{k} {common.fmt(v)}"
-                                  for k, v in report.dynamic_dict().items()))
-    rec = report.recovery
-    print(f"recovery (k={rec.k}): {rec.n_correct}/{rec.n_chains} still correct")
+    print_report(report, bundle.meta.layer)
     return 0
 
 
@@ -160,11 +212,22 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_read_chains(args: argparse.Namespace) -> int:
+    from core.data.read_chains import make_read_chains
+
+    print(make_read_chains(args.out, n_problems=args.problems, seed=args.seed,
+                           test_share=args.test_share, min_ops=args.min_ops,
+                           max_ops=args.max_ops, max_number=args.max_number))
+    return 0
+
+
 def _capture_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", help="trace format: auto, native, chained, "
                    "prm800k, processbench, gsm8k")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--capture", default=None, help="keep the captured features in this folder "
+                   "(resumable: a rerun reads what is there) instead of memory")
 
 
 def register(sub: Any) -> None:
@@ -187,6 +250,21 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=cmd_signals)
 
+    p = sub.add_parser("make-read-chains", help="worked arithmetic solutions, some with one "
+                       "controlled error (carried or corrected), for the model to read; labels "
+                       "exact by construction (no model needed)")
+    p.add_argument("--out", required=True, help="JSONL name: writes OUT_train.jsonl and "
+                   "OUT_test.jsonl (split by problem) with .meta.json sidecars")
+    p.add_argument("--problems", type=int, default=500, help="problems (two chains each)")
+    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--test-share", type=float, default=0.2,
+                   help="share of problems in the test file (0: one file, OUT)")
+    p.add_argument("--min-ops", type=int, default=2, help="fewest operations per problem")
+    p.add_argument("--max-ops", type=int, default=4, help="most operations per problem")
+    p.add_argument("--max-number", type=int, default=20,
+                   help="largest starting value and amount added or subtracted")
+    p.set_defaults(func=cmd_make_read_chains)
+
     p = sub.add_parser("train", help="train the step probe and prefix tracker on labelled traces")
     model_options(p)
     trace_options(p)
@@ -203,8 +281,6 @@ def register(sub: Any) -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--val-share", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--capture", default=None, help="keep the captured features in this folder "
-                   "(resumable) instead of memory")
     p.set_defaults(func=cmd_train)
 
     for name, func, text in (("evaluate", cmd_evaluate, "metrics of a probe on labelled traces"),
@@ -221,7 +297,8 @@ def register(sub: Any) -> None:
             p.add_argument("--k", type=int, default=5, help="run length for the recovery "
                            "statistic")
             p.add_argument("--bootstrap", type=int, default=1000,
-                           help="resamples of whole chains for the AUROC intervals (0: none)")
+                           help="resamples of problems (each with all its chains) for the "
+                                "AUROC intervals and leads (0: none)")
         else:
             p.add_argument("--out", required=True, help="scored JSONL")
         p.set_defaults(func=func)

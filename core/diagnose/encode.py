@@ -32,8 +32,11 @@ class EncodedTrace:
 
 
 def prompt_text(tokenizer: Any, trace: Trace) -> str:
-    """The text before the response: the chat prompt for the trace's question."""
-    return user_prompt(tokenizer, trace.prompt)
+    """The text before the response: the chat prompt for the trace's question, with its
+    system message when the trace records one (`extra["system"]`, see core.data.prompting)."""
+    system = trace.extra.get("system")
+    return user_prompt(tokenizer, trace.prompt, system=system if isinstance(system, str)
+                       else None)
 
 
 def encode_trace(tokenizer: Any, trace: Trace, max_tokens: int | None = None) -> EncodedTrace:

@@ -3,8 +3,15 @@ beside the baselines every probe must beat.
 
 Baselines (fixed orientation, never chosen on test data): per step, mean token entropy, mean
 NLL, max NLL, and 1 - min token probability; per prefix, the running mean (entropy, mean NLL),
-running max (max NLL) or running worst (min probability) of the step signal up to t; and the
-same linear probe on global-mean-pooled features (the SAPLMA-like baseline).
+running max (max NLL) or running worst (min probability) of the step signal up to t; the same
+linear probe on global-mean-pooled features ("global_mean_probe", the paper's global mean
+pooling row) and on the step's last-token state ("last_token"), each trained on step labels for
+the step level and on prefix labels for the prefix level; and the text-only classifiers
+("text": the step's text at step level, the chain's text so far at prefix level), which answer
+whether the hidden state knows more than the words.
+
+Intervals resample problems, not chains: chains of one problem share it and are not
+independent. Leads are paired: the probe and a baseline on the same resample.
 
 For display and export: `step_phases` names each step's state from its two scores,
 `ranking_inputs` / `roc_curves` gather what an ROC plot needs, `scored_traces` adds the scores to
@@ -21,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.data.answers import AccuracyWithChance, accuracy_with_chance
 from core.data.traces import Trace
 from core.diagnose.encode import encode_trace, prompt_text
 from core.diagnose.feature_store import CaptureSet
@@ -41,8 +49,16 @@ from core.runtime.capture import record_residual
 from core.runtime.models import LoadedModel
 
 SIGNAL_BASELINES = ("mean_entropy", "mean_nll", "max_nll", "min_prob")
-BASELINE_NAMES = (*SIGNAL_BASELINES, "global_mean_probe")
+GLOBAL_MEAN = "global_mean_probe"  # linear probe on global-mean-pooled features
+LAST_TOKEN = "last_token"  # linear probe on the step's last-token state
+TEXT = "text"  # text-only classifier (never reads a hidden state)
+BASELINE_NAMES = (*SIGNAL_BASELINES, GLOBAL_MEAN, LAST_TOKEN, TEXT)
+BASELINE_LABELS = {  # how reports name each baseline
+    "mean_entropy": "mean token entropy", "mean_nll": "mean NLL", "max_nll": "max NLL",
+    "min_prob": "1 - min token probability", GLOBAL_MEAN: "global-mean-pooled probe",
+    LAST_TOKEN: "last-token probe", TEXT: "text-only classifier"}
 PROBE_NAME = "probe"  # the probes' row in `ranking_inputs` / `roc_curves`
+PAPER_THRESHOLD = 0.5  # the paper's alarm: c^prefix > 0.5
 RANKING_LEVELS = ("step", "prefix", "final")
 
 # Step phases (`step_phases`): what the two scores say about a step.
@@ -113,23 +129,40 @@ def chain_groups(index: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+_PROBE_BASELINES = ((GLOBAL_MEAN, "baseline_step", "baseline_prefix"),
+                    (LAST_TOKEN, "last_token_step", "last_token_prefix"))
+
+
 def score_capture(bundle: ProbeBundle, capture: CaptureSet,
                   trace_ids: Sequence[str] | None = None) -> list[ScoredChain]:
-    """Scores of every chain (or of `trace_ids`) in a capture, with its labels and baselines."""
+    """Scores of every chain (or of `trace_ids`) in a capture, with its labels and baselines.
+
+    The text-only baseline is scored when the bundle holds one and the capture index has the
+    step texts (captures written before they were stored do not)."""
     layer = bundle.meta.layer
     mats = {p: capture.matrix(layer, p) for p in bundle.poolings}
     groups = chain_groups(capture.index)
     wanted = list(groups) if trace_ids is None else [t for t in trace_ids if t in groups]
+    text_scores: list[dict[str, np.ndarray]] = [{} for _ in wanted]
+    if bundle.text is not None and "text" in capture.index:
+        texts = capture.index["text"]
+        text_scores = bundle.text.score_chains(
+            [texts.iloc[groups[tid]].astype(str).tolist() for tid in wanted])
     chains = []
-    for tid in wanted:
+    for tid, text in zip(wanted, text_scores, strict=True):
         rows = groups[tid]
         meta = capture.index.iloc[rows]
         scores = bundle.score_chain({p: m[rows] for p, m in mats.items()})
         base_step, base_prefix = signal_baselines(meta)
-        if "baseline_step" in scores:
-            base_step["global_mean_probe"] = scores["baseline_step"]
-        if "baseline_prefix" in scores:
-            base_prefix["global_mean_probe"] = scores["baseline_prefix"]
+        for name, step_key, prefix_key in _PROBE_BASELINES:
+            if step_key in scores:
+                base_step[name] = scores[step_key]
+            if prefix_key in scores:
+                base_prefix[name] = scores[prefix_key]
+        if "step" in text:
+            base_step[TEXT] = text["step"]
+        if "prefix" in text:
+            base_prefix[TEXT] = text["prefix"]
         correct = meta["is_correct"].iloc[0]
         chains.append(ScoredChain(
             trace_id=str(tid), problem_id=str(meta["problem_id"].iloc[0]),
@@ -163,17 +196,38 @@ def _ranking(chains: Sequence[ScoredChain], step_of: Any, prefix_of: Any) -> Ran
     return Ranking(step_auroc, step_auprc, prefix_auroc, auroc(y, s))
 
 
+def _present(chains: Sequence[ScoredChain], level: str) -> list[str]:
+    """Baselines that every chain has scores for at `level` ("step" or "prefix")."""
+    def has(c: ScoredChain, name: str) -> bool:
+        return name in (c.baselines_step if level == "step" else c.baselines_prefix)
+
+    return [n for n in BASELINE_NAMES if all(has(c, n) for c in chains)]
+
+
+def problem_groups(chains: Sequence[ScoredChain]) -> list[np.ndarray]:
+    """Chain positions of each problem, problems in order of first appearance: the unit a
+    bootstrap resamples (chains of one problem share it, so they are not independent)."""
+    positions: dict[str, list[int]] = {}
+    for number, c in enumerate(chains):
+        positions.setdefault(c.problem_id, []).append(number)
+    return [np.asarray(p) for p in positions.values()]
+
+
 def ranking_intervals(chains: Sequence[ScoredChain], n_resamples: int = 1000,
                       confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Bootstrap intervals (resampling whole chains) of step and final-prefix AUROC for the
-    probes and every baseline, and of the probes' lead over each baseline on the same resample
-    (an interval above 0 says the probe ranks better than that baseline on data like this).
+    """Bootstrap intervals of step and final-prefix AUROC for the probes and every baseline,
+    and of the probes' lead over each baseline on the same resample (paired: an interval above
+    0 says the probe ranks better than that baseline on data like this).
 
-    Returns {"probe": {"step_auroc": [lo, hi], "final_auroc": ...}, "baselines": {name: ...},
+    Each resample draws problems with replacement (as many as there are) and takes every chain
+    of each drawn problem: chains of one problem are not independent.
+
+    Returns {"unit": "problem", "n_problems", "confidence", "n_resamples",
+    "probe": {"step_auroc": [lo, hi], "final_auroc": ...}, "baselines": {name: ...},
     "lead": {name: {"step_auroc": [lo, hi], "final_auroc": ...}}}; an interval the data cannot
     support is None.
     """
-    names = [n for n in BASELINE_NAMES if n in chains[0].baselines_prefix]
+    names = _present(chains, "prefix")
     series: dict[str, tuple[Any, Any]] = {PROBE_NAME: (lambda c: c.step_scores,
                                                        lambda c: c.prefix_scores)}
     for name in names:
@@ -188,8 +242,10 @@ def ranking_intervals(chains: Sequence[ScoredChain], n_resamples: int = 1000,
         if all(step_of(c) is not None for c in chains):
             step_scores[name] = np.concatenate([step_of(c) for c in chains])
         final_scores[name] = np.array([prefix_of(c)[-1] for c in chains])
+    problems = problem_groups(chains)
 
-    def statistic(picked: np.ndarray) -> dict[str, float | None]:
+    def statistic(picked_problems: np.ndarray) -> dict[str, float | None]:
+        picked = np.concatenate([problems[p] for p in picked_problems])
         rows = np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in picked])
         out: dict[str, float | None] = {}
         for name, scores in step_scores.items():
@@ -203,7 +259,7 @@ def ranking_intervals(chains: Sequence[ScoredChain], n_resamples: int = 1000,
                                                 else mine - theirs)
         return out
 
-    found = grouped_bootstrap(statistic, len(chains), n_resamples, confidence, seed)
+    found = grouped_bootstrap(statistic, len(problems), n_resamples, confidence, seed)
 
     def pair(key: str) -> list[float] | None:
         interval = found.get(key)
@@ -211,6 +267,7 @@ def ranking_intervals(chains: Sequence[ScoredChain], n_resamples: int = 1000,
 
     metrics = ("step_auroc", "final_auroc")
     return {
+        "unit": "problem", "n_problems": len(problems),
         "confidence": confidence, "n_resamples": n_resamples,
         "probe": {m: pair(f"{PROBE_NAME}/{m}") for m in metrics},
         "baselines": {n: {m: pair(f"{n}/{m}") for m in metrics} for n in names},
@@ -224,12 +281,17 @@ def _fully_labelled(chain: ScoredChain) -> bool:
 
 def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
                       step_threshold: float | None = None, k: int = 5,
-                      n_resamples: int = 0) -> EvaluationReport:
+                      n_resamples: int = 0,
+                      answers: AccuracyWithChance | None = None) -> EvaluationReport:
     """The `telltale evaluate` report (`.as_dict()` is its --json). A value the data cannot
     support is None, never 0.
 
-    `final_counts` holds the final step's class counts, which say how far the final-prefix
-    AUROC can be trusted; with `n_resamples` > 0, `intervals` holds `ranking_intervals`."""
+    `threshold` is the alarm threshold (the probe's calibrated one); the dynamic metrics are
+    given at it and at the paper's 0.5. `final_counts` holds the final step's class counts,
+    which say how far the final-prefix AUROC can be trusted; with `n_resamples` > 0,
+    `intervals` holds `ranking_intervals` (resampling problems). `answers`: the accuracy of
+    the chains' stated answers with its chance rate (`core.data.answers.trace_accuracy`),
+    reported as given."""
     if not chains:
         raise ValueError("No chain to evaluate.")
     step_f1 = None
@@ -240,7 +302,7 @@ def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
     finals = [c.prefix_labels[-1] for c in chains if not np.isnan(c.prefix_labels[-1])]
     baselines = {name: _ranking(chains, lambda c, n=name: c.baselines_step.get(n),
                                 lambda c, n=name: c.baselines_prefix[n])
-                 for name in BASELINE_NAMES if name in chains[0].baselines_prefix}
+                 for name in _present(chains, "prefix")}
     metric_chains = [
         ChainScores(prefix_scores=c.prefix_scores, prefix_labels=c.prefix_labels.astype(int),
                     step_labels=None if np.isnan(c.step_labels).any()
@@ -256,7 +318,25 @@ def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
         dynamic=dynamic_metrics(metric_chains, threshold) if metric_chains else None,
         residual_time=residual_time(metric_chains, threshold) if metric_chains else None,
         recovery=recovery_statistic(metric_chains, k=k),
-        intervals=ranking_intervals(chains, n_resamples) if n_resamples > 0 else None)
+        intervals=ranking_intervals(chains, n_resamples) if n_resamples > 0 else None,
+        dynamic_at_0_5=(dynamic_metrics(metric_chains, PAPER_THRESHOLD) if metric_chains
+                        else None),
+        answers=answers)
+
+
+def answer_accuracy(traces: Sequence[Trace], n_shuffles: int = 20,
+                    seed: int = 0) -> AccuracyWithChance:
+    """Accuracy of the traces' stated answers with the answered share and the shuffled-gold
+    chance rate (`core.data.answers.accuracy_with_chance`; problems shuffled, not chains).
+    A trace that records answered = false has no answer, whatever its `answer` field says."""
+    answers = [None if _answered(t) is False else t.answer for t in traces]
+    return accuracy_with_chance(answers, [t.gold for t in traces],
+                                [t.problem_id or t.id for t in traces], n_shuffles, seed)
+
+
+def _answered(trace: Trace) -> bool | None:
+    value = getattr(trace, "answered", trace.extra.get("answered"))
+    return value if isinstance(value, bool) else None
 
 
 def scores_table(chains: Sequence[ScoredChain], threshold: float) -> pd.DataFrame:

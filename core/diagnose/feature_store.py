@@ -4,7 +4,8 @@ Layout (one sub-folder per shard, so a cluster's array job can run shards in par
 
     OUT/shard-00000-of-00004/manifest.json         model, layers, poolings, trace-file hash
     OUT/shard-00000-of-00004/chunk-00000.safetensors  "L{layer}.{pooling}" -> [steps, hidden]
-    OUT/shard-00000-of-00004/chunk-00000.parquet      one row per step: ids, labels, signals
+    OUT/shard-00000-of-00004/chunk-00000.parquet      one row per step: ids, labels, signals,
+                                                      the step's text
 
 A shard holds every N-th chain (chain i goes to shard i % N). Chunks are written atomically,
 tensors first, the index last; a chunk whose index exists is done, so a rerun resumes.
@@ -35,7 +36,7 @@ from core.runtime.layers import resolve_layers
 from core.runtime.models import LoadedModel
 from core.runtime.pooling import POOLINGS, check_poolings
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: the index holds each step's text (the text-only baseline reads it)
 CHUNK_CHAINS = 64
 
 
@@ -101,6 +102,7 @@ def _index_rows(trace: Trace, spans: Sequence[tuple[int, int]],
             "trace_id": trace.id, "problem_id": trace.problem_id or trace.prompt, "step": step,
             "n_steps": len(spans), "n_tokens": end - start, "label": trace.steps[step].label,
             "prefix_label": trace.steps[step].prefix_label, "is_correct": trace.is_correct,
+            "text": trace.steps[step].text,
         }
         row.update(signals[step] if signals else {})
         rows.append(row)
@@ -285,10 +287,9 @@ def signal_table(loaded: LoadedModel, traces: Sequence[Trace], batch_size: int =
     """
     rows: list[dict[str, Any]] = []
     tick = _counter(len(traces), progress)
-    texts = {t.id: [s.text for s in t.steps] for t in traces}
     for lo in range(0, len(traces), batch_size):
         batch = capture_batch(loaded, traces[lo : lo + batch_size], (), (), max_tokens)
-        rows.extend({**r, "text": texts[r["trace_id"]][r["step"]]} for r in batch.rows)
+        rows.extend(batch.rows)
         tick(len(traces[lo : lo + batch_size]))
     return pd.DataFrame(rows, columns=["trace_id", "step", "text", "label", "prefix_label",
                                        "n_tokens", *SIGNAL_NAMES])

@@ -315,10 +315,9 @@ def _true_run_lengths(flags: np.ndarray) -> list[int]:
 class DynamicMetrics:
     """The paper's eight dynamic metrics over a set of chains (None: no event to average over).
 
-    n_onsets: chains whose prefix label ever becomes 1 (Lag, ICR, Snap_M, R_Score rest on these).
+    n_onsets: chains whose prefix label ever becomes 1 (Lag, ICR, Snap_M rest on these).
     n_recoveries: prefix-label falls 1 -> 0 (Brake_S, Ling_T, Heal_3 rest on these).
-    r_score_recovered: the released code's variant of R_Score (see dynamic_metrics); not part of
-    as_dict, which keeps the paper's eight keys.
+    n_recovered_steps: steps with prefix label 0 after an onset (R_Score rests on these).
     """
 
     snap_m: float | None
@@ -331,7 +330,7 @@ class DynamicMetrics:
     fp_len: float | None
     n_onsets: int
     n_recoveries: int
-    r_score_recovered: float | None = None
+    n_recovered_steps: int = 0
 
     def as_dict(self) -> dict[str, float | None]:
         return {
@@ -362,7 +361,6 @@ def dynamic_metrics(chains: Sequence[ChainScores], threshold: float = 0.5) -> Dy
     - Lag = mean of (first t >= t_on with flag_t) - t_on; T - t_on + 1 when no such t (0 = caught
       at onset).
     - ICR = share of these chains with flag at t_on.
-    - R_Score = mean over chains of 1 - mean(c_t for t > t_on); chains with t_on = T are left out.
 
     Recovery (over every t_rec, pooled across chains):
     - Brake_S = mean of c(t_rec - 1) - c(t_rec).
@@ -370,20 +368,20 @@ def dynamic_metrics(chains: Sequence[ChainScores], threshold: float = 0.5) -> Dy
     - Heal_3 = share of recoveries with some t in {t_rec, t_rec + 1, t_rec + 2} (within the
       chain) not flagged; a flag already down at t_rec counts as healed.
 
+    Recovered state (the paper and its released code): R_Score = 1 - mean c_t over every
+    recovered step, pooled across chains: a step with A^prefix_t = 0 that comes after some step
+    with A^prefix = 1 (the chain went wrong and is back on track). High = the score came down
+    after the recovery. None when no chain recovers (the released code reports 0.5 there, which
+    would read as a measurement).
+
     False alarms (all chains): FP_Len = mean length of maximal runs of steps with flag_t = 1 and
     A^prefix_t = 0.
-
-    r_score_recovered (released code's R_Score): 1 - mean c_t over all steps, pooled across
-    chains, that have A^prefix_t = 0 but follow some step with A^prefix = 1 (recovered steps).
-    It differs from R_Score above when prefix labels can fall back to 0; reported for
-    comparison with the paper's tables.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}.")
     snaps: list[float] = []
     lags: list[float] = []
     caught_at_onset: list[float] = []
-    r_scores: list[float] = []
     brakes: list[float] = []
     lingers: list[float] = []
     healed: list[float] = []
@@ -403,9 +401,6 @@ def dynamic_metrics(chains: Sequence[ChainScores], threshold: float = 0.5) -> Dy
             alarms = np.flatnonzero(flags[t_on:])
             lags.append(float(alarms[0]) if alarms.size else float(n_steps - t_on))
             caught_at_onset.append(float(flags[t_on]))
-            after = c[t_on + 1 :]
-            if after.size:
-                r_scores.append(1.0 - float(after.mean()))
             seen_hallucination = np.cumsum(labels) > 0
             recovered_scores.append(c[seen_hallucination & (labels == 0)])
 
@@ -425,11 +420,11 @@ def dynamic_metrics(chains: Sequence[ChainScores], threshold: float = 0.5) -> Dy
         brake_s=_mean_or_none(brakes),
         ling_t=_mean_or_none(lingers),
         heal_3=_mean_or_none(healed),
-        r_score=_mean_or_none(r_scores),
+        r_score=1.0 - float(recovered.mean()) if recovered.size else None,
         fp_len=_mean_or_none([float(n) for n in fp_runs]),
         n_onsets=len(lags),
         n_recoveries=len(brakes),
-        r_score_recovered=1.0 - float(recovered.mean()) if recovered.size else None,
+        n_recovered_steps=int(recovered.size),
     )
 
 
@@ -440,12 +435,16 @@ def dynamic_metrics(chains: Sequence[ChainScores], threshold: float = 0.5) -> Dy
 
 @dataclass(frozen=True, eq=False)
 class ResidualTime:
-    """How long the internal alarm stays up after the text has recovered.
+    """How long the internal alarm stays up after the text has recovered, in steps.
 
-    values[i]: for the i-th text-level recovery (step labels fall 1 -> 0 at step t), the number
-    of consecutive steps from t on with c^prefix > threshold (0 if the alarm is already down).
-    censored[i]: True when that run reaches the end of the chain, so the true residual time is
-    at least values[i] (the chain ended before the alarm dropped).
+    values[i]: for the i-th text-level recovery (the step labels fall 1 -> 0: step t is sound
+    after a broken step t - 1), the number of consecutive steps from t on whose prefix score is
+    above the threshold (0 when the alarm is already down at t). It is the number of steps
+    between the recovery and the alarm going down, or, when the alarm never goes down, between
+    the recovery and the chain's end.
+    censored[i]: True in that second case. A censored value is not a measured residual time
+    but a lower bound: the chain ended with the alarm still raised, so we only know the alarm
+    would have stayed up at least that many steps.
     """
 
     values: np.ndarray
@@ -453,7 +452,9 @@ class ResidualTime:
 
     def summary(self) -> dict[str, object]:
         """n, n_censored, mean, median, p90, max, and counts (counts[r] = recoveries with
-        residual time r, ready for a bar chart); statistics are None when n == 0."""
+        residual time r, ready for a bar chart); statistics are None when n == 0. Censored
+        values enter the statistics as their lower bound (steps to the chain's end), so with
+        censored values the mean and median understate the residual time."""
         n = int(self.values.size)
         if n == 0:
             return {
@@ -480,7 +481,8 @@ def residual_time(chains: Sequence[ChainScores], threshold: float = 0.5) -> Resi
     """Residual time of every text-level recovery; chains without step labels are skipped.
 
     For each t with A^step_{t-1} = 1 and A^step_t = 0: residual = number of consecutive steps
-    t, t+1, ... with c^prefix > threshold.
+    t, t+1, ... with c^prefix > threshold; censored when that run lasts to the chain's last
+    step (the chain ended with the alarm up: the value is a lower bound). See ResidualTime.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}.")
@@ -561,10 +563,11 @@ def grouped_bootstrap(
 ) -> dict[str, tuple[float, float] | None]:
     """Percentile intervals of named statistics over a bootstrap that resamples whole groups.
 
-    Steps of one chain are not independent, so the unit resampled is the chain: each resample
-    draws `n_groups` group indices with replacement and calls `statistic(indices)`. A statistic
-    that is None on a resample (e.g. AUROC with one class drawn) is left out of that resample;
-    its interval is None when it is defined on fewer than half the resamples.
+    Resample the independent unit: steps of one chain are not independent, nor are the chains
+    of one problem, so evaluation passes problems as groups. Each resample draws `n_groups`
+    group indices with replacement and calls `statistic(indices)`. A statistic that is None on
+    a resample (e.g. AUROC with one class drawn) is left out of that resample; its interval is
+    None when it is defined on fewer than half the resamples.
     """
     if n_groups < 1 or n_resamples < 1:
         raise ValueError("Need at least one group and one resample.")

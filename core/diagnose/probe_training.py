@@ -1,5 +1,10 @@
-"""Train the step probe, the prefix tracker and the baseline probes from a capture, choose the
-layer on validation data, and calibrate the alarm threshold there too (never on test data).
+"""Train the step probe, the prefix tracker and the baselines from a capture, choose the layer
+on validation data, and calibrate the alarm threshold there too (never on test data).
+
+Baselines trained on the same training chains: the global-mean-pooled probe and the last-token
+probe (each on step and on prefix labels, at every layer tried) and the text-only classifiers
+(once: they read the capture index's step texts, not a layer; their C is chosen on the same
+validation chains).
 
 Chains are split by problem (`problem_id`, or the prompt when there is none): no problem of the
 validation chains is seen in training, as no problem of a test file should be.
@@ -18,6 +23,7 @@ from core.diagnose.evaluation import chain_groups, evaluation_report, score_capt
 from core.diagnose.feature_store import CaptureSet
 from core.diagnose.metrics import calibrate_threshold
 from core.diagnose.probes import (
+    LAST_TOKEN_POOLING,
     ChainFeatures,
     LinearProbe,
     ProbeBundle,
@@ -28,6 +34,7 @@ from core.diagnose.probes import (
     train_tracker,
 )
 from core.diagnose.report import EvaluationReport
+from core.diagnose.text_baseline import TextBaseline, TextSettings, train_text_baseline
 
 TRAIN_POOLINGS = ("exp", "exp3", "mean", "last")
 
@@ -43,6 +50,8 @@ class TrainConfig:
     seed: int = 0
     l2: float = 1e-4
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    last_token: bool = True  # the last-token baseline probes (they need the "last" pooling)
+    text: TextSettings | None = field(default_factory=TextSettings)  # None: no text baseline
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_share < 1.0:
@@ -52,8 +61,8 @@ class TrainConfig:
 
     @property
     def poolings(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((self.step_pooling, self.tracker_pooling,
-                                    self.baseline_pooling)))
+        names = [self.step_pooling, self.tracker_pooling, self.baseline_pooling]
+        return tuple(dict.fromkeys(names + ([LAST_TOKEN_POOLING] if self.last_token else [])))
 
 
 def split_by_problem(index: pd.DataFrame, val_share: float,
@@ -89,10 +98,23 @@ def _fit_known(features: np.ndarray, labels: np.ndarray, l2: float, seed: int,
     return fit_logistic(features[keep], labels[keep], l2=l2, seed=seed, sample_weight=weight)
 
 
+def _fits(bundle: ProbeBundle) -> dict[str, Any]:
+    """How each part's LBFGS fit ended (the tracker: its BCE start), for the sidecar."""
+    out = {}
+    for name in ("step", "tracker", "baseline_step", "baseline_prefix", "last_token_step",
+                 "last_token_prefix"):
+        probe: LinearProbe | None = getattr(bundle, name)
+        if probe is not None and probe.fit is not None:
+            out["tracker_start" if name == "tracker" else name] = asdict(probe.fit)
+    return out
+
+
 def train_at_layer(capture: CaptureSet, layer: int, train_ids: Sequence[str],
-                   config: TrainConfig, progress: Progress | None = None) -> ProbeBundle:
+                   config: TrainConfig, progress: Progress | None = None,
+                   text: TextBaseline | None = None) -> ProbeBundle:
     """Fit every probe of a bundle at one layer on the training chains (threshold 0.5 here;
-    `calibrate` sets it from validation data)."""
+    `calibrate` sets it from validation data); `text` (trained once for all layers by
+    `train_text`) is put in the bundle as it is."""
     index = capture.index
     groups = chain_groups(index)
     rows = _rows_of(groups, train_ids)
@@ -114,6 +136,7 @@ def train_at_layer(capture: CaptureSet, layer: int, train_ids: Sequence[str],
     if step_probe is None and tracker_config.step_input:
         tracker_config = replace(tracker_config, step_input=False)
     tracker = train_tracker(chains, tracker_config, progress)
+    last_x = capture.matrix(layer, LAST_TOKEN_POOLING) if config.last_token else None
     meta = ProbeMeta(
         model=str(capture.manifest.get("model")), model_name=str(capture.manifest.get(
             "model_name")), hidden_size=int(capture.manifest["hidden_size"]), layer=layer,
@@ -121,10 +144,34 @@ def train_at_layer(capture: CaptureSet, layer: int, train_ids: Sequence[str],
         baseline_pooling=config.baseline_pooling, step_input=tracker_config.step_input,
         threshold=0.5, step_threshold=0.5,
         data_hash=str(capture.manifest.get("traces_hash")), tracker=asdict(tracker_config))
-    return ProbeBundle(
+    bundle = ProbeBundle(
         meta=meta, tracker=tracker, step=step_probe,
         baseline_step=_fit_known(base_x[rows], step_y, config.l2, config.seed),
-        baseline_prefix=_fit_known(base_x[rows], prefix_y, config.l2, config.seed))
+        baseline_prefix=_fit_known(base_x[rows], prefix_y, config.l2, config.seed),
+        last_token_step=None if last_x is None else _fit_known(last_x[rows], step_y, config.l2,
+                                                               config.seed),
+        last_token_prefix=None if last_x is None else _fit_known(last_x[rows], prefix_y,
+                                                                 config.l2, config.seed),
+        text=text)
+    return replace(bundle, meta=replace(meta, fits=_fits(bundle)))
+
+
+def train_text(capture: CaptureSet, train_ids: Sequence[str], val_ids: Sequence[str],
+               settings: TextSettings) -> TextBaseline | None:
+    """The text-only classifiers, fitted on the training chains' step texts (the capture
+    index's "text" column) with C chosen on the validation chains; None when the capture has
+    no step texts (a capture written before they were stored) or no label to learn."""
+    index = capture.index
+    if "text" not in index:
+        return None
+    groups = chain_groups(index)
+    ids = [*train_ids, *val_ids]
+    rows = [groups[t] for t in ids]
+    return train_text_baseline(
+        [index["text"].iloc[r].astype(str).tolist() for r in rows],
+        [_labels(index, r, "label") for r in rows],
+        [_labels(index, r, "prefix_label") for r in rows],
+        [False] * len(train_ids) + [True] * len(val_ids), settings)
 
 
 def calibrate(bundle: ProbeBundle, capture: CaptureSet, val_ids: Sequence[str],
@@ -184,11 +231,12 @@ def train_probes(capture: CaptureSet, layers: Sequence[int], config: TrainConfig
     if not layers:
         raise ValueError("Give a layer to train at, or layers to sweep.")
     train_ids, val_ids = split_by_problem(capture.index, config.val_share, config.seed)
+    text = None if config.text is None else train_text(capture, train_ids, val_ids, config.text)
     rows = []
     best: tuple[float, ProbeBundle, EvaluationReport] | None = None
     for number, layer in enumerate(layers):
-        bundle, report = calibrate(train_at_layer(capture, layer, train_ids, config), capture,
-                                   val_ids)
+        bundle, report = calibrate(train_at_layer(capture, layer, train_ids, config, text=text),
+                                   capture, val_ids)
         rows.append({"layer": layer, **report.probes.as_dict(),
                      "threshold": bundle.meta.threshold})
         score = _score_for_choice(report)

@@ -2,7 +2,13 @@
 running "has this chain gone wrong" state), their training, and their files.
 
 Step probe: c_step_t = sigmoid(w . z_t + b) on the L2-normalised step feature z_t, fitted with
-BCE + 1e-4 * ||params||^2 / 2 by LBFGS (100 iterations), as in the paper's released code.
+BCE + 1e-4 * ||params||^2 / 2 by full-batch LBFGS with the strong-Wolfe line search (at most 100
+iterations, as in the paper's released code); whether the fit converged is recorded.
+
+Baseline probes in the same file, fitted the same way: the global-mean-pooled probe (features:
+the plain mean of every response token so far; the paper's "global mean pooling" row) and the
+last-token probe (features: the state of the step's last token), each once on step labels and
+once on prefix labels; and the text-only classifiers (`core.diagnose.text_baseline`).
 
 Prefix tracker: c_prefix_t = sigmoid(u . g_t + b') on the L2-normalised global causal feature g_t
 (paper mode: [g_t, c_step_t]), initialised from a plain BCE fit on prefix labels, then trained
@@ -28,9 +34,15 @@ from safetensors.torch import load, save
 
 from core import __version__
 from core.data.atomic import atomic_path
+from core.diagnose.text_baseline import (
+    TextBaseline,
+    text_baseline_from_parts,
+    text_baseline_to_parts,
+)
 from core.progress import Progress
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: last-token probes, the text-only baseline, LBFGS convergence ("fits")
+LAST_TOKEN_POOLING = "last"
 
 
 def l2_normalize(features: np.ndarray) -> np.ndarray:
@@ -39,14 +51,28 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
     return features / np.where(norms == 0, 1.0, norms)
 
 
+@dataclass(frozen=True)
+class FitReport:
+    """How an LBFGS fit ended. converged: it stopped before its iteration cap, because the
+    gradient (max |g| <= 1e-7) or the change in loss or step (<= 1e-9) became negligible;
+    n_iter: iterations made; grad_max: max |gradient| of the objective at the end."""
+
+    converged: bool
+    n_iter: int
+    grad_max: float
+    loss: float
+
+
 @dataclass(frozen=True, eq=False)
 class LinearProbe:
     """sigmoid(w . x + b) on L2-normalised features; `extra_inputs` columns (e.g. c_step) are
-    appended after normalisation."""
+    appended after normalisation. `fit` says how its LBFGS fit ended (None when it was not
+    fitted by LBFGS here, e.g. read from a file)."""
 
     weight: np.ndarray
     bias: float
     extra_inputs: int = 0
+    fit: FitReport | None = None
 
     @property
     def n_features(self) -> int:
@@ -76,7 +102,10 @@ def _bce_l2_loss(module: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
 def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float = 1e-4,
                  max_iter: int = 100, sample_weight: np.ndarray | None = None,
                  extra: np.ndarray | None = None, seed: int = 0) -> LinearProbe:
-    """Regularised logistic regression by full-batch LBFGS (the released code's baseline fit)."""
+    """Regularised logistic regression by full-batch LBFGS with the strong-Wolfe line search
+    (the released code's fit, which uses LBFGS without a line search): minimises
+    mean_i w_i BCE_i + l2 * (||w||^2 + b^2) / 2. The returned probe's `fit` records whether it
+    converged within `max_iter` iterations."""
     n_extra = 0 if extra is None else np.asarray(extra).reshape(len(features), -1).shape[1]
     probe_shape = LinearProbe(np.zeros(features.shape[1] + n_extra), 0.0, n_extra)
     x = torch.from_numpy(probe_shape.inputs(features, extra))
@@ -87,7 +116,9 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float = 1e-4,
         raise ValueError("Training labels hold a single class; a probe needs both 0 and 1.")
     torch.manual_seed(seed)
     module = torch.nn.Linear(x.shape[1], 1, dtype=torch.float64)
-    optimizer = torch.optim.LBFGS(module.parameters(), lr=1.0, max_iter=max_iter)
+    max_eval = 4 * max_iter  # the iteration cap, not the evaluation cap, ends a long fit
+    optimizer = torch.optim.LBFGS(module.parameters(), lr=1.0, max_iter=max_iter,
+                                  max_eval=max_eval, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -96,8 +127,14 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float = 1e-4,
         return loss
 
     optimizer.step(closure)
+    state = optimizer.state[module.weight]
+    loss = closure()  # the objective and its gradient where the fit ended
+    grads = torch.cat([p.grad.reshape(-1) for p in module.parameters() if p.grad is not None])
+    n_iter, n_eval = int(state["n_iter"]), int(state["func_evals"])
+    report = FitReport(converged=n_iter < max_iter and n_eval < max_eval, n_iter=n_iter,
+                       grad_max=float(grads.abs().max()), loss=float(loss.detach()))
     return LinearProbe(module.weight.detach().numpy()[0].copy(), float(module.bias.detach()),
-                       n_extra)
+                       n_extra, report)
 
 
 @dataclass(frozen=True)
@@ -198,7 +235,7 @@ def train_tracker(chains: Sequence[ChainFeatures], config: TrackerConfig = Track
             if progress:
                 progress(done, total)
     return LinearProbe(module.weight.detach().numpy()[0].copy(), float(module.bias.detach()),
-                       start.extra_inputs)
+                       start.extra_inputs, start.fit)
 
 
 @dataclass(frozen=True)
@@ -218,39 +255,51 @@ class ProbeMeta:
     data_hash: str
     tracker: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    fits: dict[str, Any] = field(default_factory=dict)  # per part: how its LBFGS fit ended
     telltale: str = __version__
     probe_version: int = PROBE_VERSION
 
 
 @dataclass(frozen=True, eq=False)
 class ProbeBundle:
-    """One probe file: the step probe, the prefix tracker and the global-mean baseline probes."""
+    """One probe file: the step probe, the prefix tracker and the baselines trained with them
+    (global-mean-pooled and last-token probes, the text-only classifiers; each may be missing,
+    as in files written before they existed)."""
 
     meta: ProbeMeta
     tracker: LinearProbe
     step: LinearProbe | None = None
-    baseline_step: LinearProbe | None = None
-    baseline_prefix: LinearProbe | None = None
+    baseline_step: LinearProbe | None = None  # global-mean-pooled probe on step labels
+    baseline_prefix: LinearProbe | None = None  # ... on prefix labels
+    last_token_step: LinearProbe | None = None  # last-token probe on step labels
+    last_token_prefix: LinearProbe | None = None  # ... on prefix labels
+    text: TextBaseline | None = None
 
     @property
     def poolings(self) -> tuple[str, ...]:
         """Pooled features a capture must provide to score with this bundle."""
         names = [self.meta.step_pooling, self.meta.tracker_pooling, self.meta.baseline_pooling]
+        if self.last_token_step is not None or self.last_token_prefix is not None:
+            names.append(LAST_TOKEN_POOLING)
         return tuple(dict.fromkeys(names))
 
     def score_chain(self, pooled: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """c_step, c_prefix and the baseline scores of one chain from its pooled features."""
+        """c_step ("step"), c_prefix ("prefix") and the baseline probes' scores of one chain
+        from its pooled features ("baseline_step", "baseline_prefix", "last_token_step",
+        "last_token_prefix"; each only when the bundle has that part)."""
         out: dict[str, np.ndarray] = {}
         step = None
         if self.step is not None:
             step = out["step"] = self.step.scores(pooled[self.meta.step_pooling])
         out["prefix"] = self.tracker.scores(pooled[self.meta.tracker_pooling],
                                             step if self.tracker.extra_inputs else None)
-        if self.baseline_step is not None:
-            out["baseline_step"] = self.baseline_step.scores(pooled[self.meta.baseline_pooling])
-        if self.baseline_prefix is not None:
-            out["baseline_prefix"] = self.baseline_prefix.scores(
-                pooled[self.meta.baseline_pooling])
+        for name, pooling in (("baseline_step", self.meta.baseline_pooling),
+                              ("baseline_prefix", self.meta.baseline_pooling),
+                              ("last_token_step", LAST_TOKEN_POOLING),
+                              ("last_token_prefix", LAST_TOKEN_POOLING)):
+            probe: LinearProbe | None = getattr(self, name)
+            if probe is not None:
+                out[name] = probe.scores(pooled[pooling])
         return out
 
     def check_model(self, model_spec: str, hidden_size: int) -> None:
@@ -262,7 +311,8 @@ class ProbeBundle:
                 f"{hidden_size}; train a probe for this model with `telltale train`.")
 
 
-_PARTS = ("step", "tracker", "baseline_step", "baseline_prefix")
+_PARTS = ("step", "tracker", "baseline_step", "baseline_prefix", "last_token_step",
+          "last_token_prefix")
 
 
 def probe_paths(path: str | Path) -> tuple[Path, Path]:
@@ -282,7 +332,10 @@ def probe_to_bytes(bundle: ProbeBundle) -> tuple[bytes, bytes]:
             tensors[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(probe.weight))
             tensors[f"{name}.bias"] = torch.tensor([probe.bias], dtype=torch.float64)
             extra_inputs[name] = probe.extra_inputs
-    sidecar = {**asdict(bundle.meta), "extra_inputs": extra_inputs}
+    sidecar: dict[str, Any] = {**asdict(bundle.meta), "extra_inputs": extra_inputs}
+    if bundle.text is not None:
+        text_tensors, sidecar["text_baseline"] = text_baseline_to_parts(bundle.text)
+        tensors.update(text_tensors)
     return save(tensors), (json.dumps(sidecar, indent=2, default=float) + "\n").encode("utf-8")
 
 
@@ -297,8 +350,10 @@ def save_probe(path: str | Path, bundle: ProbeBundle) -> tuple[Path, Path]:
     return weights_path, meta_path
 
 
-def _meta_from_sidecar(sidecar_bytes: bytes, sidecar_name: str) -> tuple[ProbeMeta, dict]:
-    """The sidecar's ProbeMeta and its extra_inputs; ValueError naming the file and field."""
+def _meta_from_sidecar(sidecar_bytes: bytes, sidecar_name: str
+                       ) -> tuple[ProbeMeta, dict, Any]:
+    """The sidecar's ProbeMeta, its extra_inputs and its text_baseline object (None when
+    absent); ValueError naming the file and field."""
     try:
         sidecar = json.loads(sidecar_bytes.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
@@ -307,6 +362,7 @@ def _meta_from_sidecar(sidecar_bytes: bytes, sidecar_name: str) -> tuple[ProbeMe
         raise ValueError(f"Probe sidecar {sidecar_name} must be a JSON object (the file "
                          f"`telltale train` writes), not a {type(sidecar).__name__}.")
     extra_inputs = sidecar.pop("extra_inputs", {})
+    text_baseline = sidecar.pop("text_baseline", None)
     if not isinstance(extra_inputs, dict) or not all(
             isinstance(v, int) and 0 <= v <= 1 for v in extra_inputs.values()):
         raise ValueError(f"Probe sidecar {sidecar_name}, field 'extra_inputs': expected an "
@@ -331,14 +387,14 @@ def _meta_from_sidecar(sidecar_bytes: bytes, sidecar_name: str) -> tuple[ProbeMe
     for name in ("threshold", "step_threshold"):
         if not 0.0 <= float(getattr(meta, name)) <= 1.0:
             raise ValueError(f"Probe sidecar {sidecar_name}, field '{name}': must lie in [0, 1].")
-    return meta, extra_inputs
+    return meta, extra_inputs, text_baseline
 
 
 _META_TYPES: dict[str, type | tuple[type, ...]] = {
     "model": str, "model_name": str, "hidden_size": int, "layer": int, "step_pooling": str,
     "tracker_pooling": str, "baseline_pooling": str, "step_input": bool,
     "threshold": (int, float), "step_threshold": (int, float), "data_hash": str,
-    "tracker": dict, "metrics": dict}
+    "tracker": dict, "metrics": dict, "fits": dict}
 
 
 def probe_from_bytes(weights: bytes, sidecar: bytes, name: str = "probe") -> ProbeBundle:
@@ -349,7 +405,7 @@ def probe_from_bytes(weights: bytes, sidecar: bytes, name: str = "probe") -> Pro
     whose shapes, dtypes or values disagree with the sidecar.
     """
     weights_name, sidecar_name = f"{name}.safetensors", f"{name}.json"
-    meta, extra_inputs = _meta_from_sidecar(sidecar, sidecar_name)
+    meta, extra_inputs, text_sidecar = _meta_from_sidecar(sidecar, sidecar_name)
     try:
         tensors = load(weights)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
@@ -375,7 +431,8 @@ def probe_from_bytes(weights: bytes, sidecar: bytes, name: str = "probe") -> Pro
                                   int(extra_inputs.get(part, 0)))
     if "tracker" not in parts:
         raise ValueError(f"Probe {weights_name} holds no prefix tracker.")
-    return ProbeBundle(meta=meta, **parts)
+    text = None if text_sidecar is None else text_baseline_from_parts(tensors, text_sidecar, name)
+    return ProbeBundle(meta=meta, text=text, **parts)
 
 
 def load_probe(path: str | Path) -> ProbeBundle:
