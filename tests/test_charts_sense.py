@@ -24,16 +24,22 @@ def test_condition_names_match_core() -> None:
 # ---------------------------------------------------------------------------- marks
 
 
-def marked(reply: str, concept: str) -> list[tuple[str, str]]:
-    """(kind, text) of each span, at the offsets the core grader gives."""
+def marked(reply: str, concept: str, claim_at: object = "grader",
+           concept_at: object = "grader") -> list[tuple[str, str]]:
+    """(kind, text) of each span, at the given offsets or the ones the core grader gives."""
     grade = grade_reply(reply, concept)
-    spans = rp.mark_spans(reply, grade.claim_at, grade.concept_at, concept)
+    spans = rp.mark_spans(reply, grade.claim_at if claim_at == "grader" else claim_at,
+                          grade.concept_at if concept_at == "grader" else concept_at, concept)
     return [(s.kind, reply[s.start : s.end]) for s in spans]
 
 
 def test_claim_runs_to_the_concept_and_the_concept_is_one_word() -> None:
-    assert marked("I detect an injected thought about bread.", "bread") == [
+    reply = "I detect an injected thought about bread."
+    assert marked(reply, "bread", 0, reply.index("bread")) == [
         ("claim", "I detect an injected thought about"), ("concept", "bread")]
+    graded = marked(reply, "bread")  # where the grader puts the claim is the grader's business
+    assert [kind for kind, _ in graded] == ["claim", "concept"]
+    assert graded[0][1].endswith("thought about") and graded[1][1] == "bread"
 
 
 def test_claim_stops_at_punctuation_and_inflected_multiword_concept() -> None:
@@ -43,7 +49,9 @@ def test_claim_stops_at_punctuation_and_inflected_multiword_concept() -> None:
 
 def test_concept_named_first_is_marked_before_the_claim() -> None:
     reply = "Bread. I notice a thought, yes."
-    assert marked(reply, "bread") == [("concept", "Bread"), ("claim", "I notice a thought")]
+    assert marked(reply, "bread", 7, 0) == [("concept", "Bread"), ("claim", "I notice a thought")]
+    graded = marked(reply, "bread")
+    assert [kind for kind, _ in graded] == ["concept", "claim"] and graded[0][1] == "Bread"
     page = rp.reply_html(reply, 7, 0, "bread")
     assert rp.LATE_CLAIM_CONCEPT_COLOUR in page and rp.CONCEPT_COLOUR not in page
     after = rp.reply_html("I detect an injected thought about bread.", 0, 35, "bread")
