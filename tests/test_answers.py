@@ -15,7 +15,10 @@ from core.data.answers import (
     normalise_answer,
     parse_number,
     read_answer,
+    reply_is_correct,
+    trace_accuracy,
 )
+from core.data.traces import trace_from_dict
 
 
 @pytest.mark.parametrize(("reply", "text"), [
@@ -121,3 +124,26 @@ def test_chance_is_low_with_many_distinct_golds() -> None:
     result = accuracy_with_chance(golds, golds, n_shuffles=10)
     assert result.accuracy == 1.0 and result.chance_mean < 0.05
 
+
+def test_trace_accuracy_reads_answered_and_problems() -> None:
+    traces = [trace_from_dict({"id": f"t{i}", "problem_id": f"p{i // 2}", "prompt": "q",
+                               "response": "x", "answer": answer, "gold": gold,
+                               "answered": answered, "is_correct": None})
+              for i, (answer, gold, answered) in enumerate(
+                  [("3", "3", True), ("3", "3", False), ("4", "5", True), (None, "5", None)])]
+    result = trace_accuracy(traces)
+    assert (result.n, result.n_answered, result.n_correct, result.n_problems) == (4, 2, 1, 2)
+
+
+def test_reply_is_correct_reads_strictly() -> None:
+    assert reply_is_correct("5 + 7 = 12\n#### 12", 12.0)
+    assert not reply_is_correct("5 + 7 = 12", 12.0)  # nothing states it
+    assert reply_is_correct("Answer: \\frac{1}{2}", "0.5")
+
+
+def test_numeric_format_skips_statements_without_a_number() -> None:
+    reply = "The answer is the same as before.\n2 + 2 = 4\nAnswer: 4\n"
+    assert read_answer(reply).text == "the same as before"  # type: ignore[union-attr]
+    numeric = AnswerFormat(numeric=True)
+    assert numeric.read(reply).text == "4"  # type: ignore[union-attr]
+    assert numeric.reply_end(reply) == len(reply)

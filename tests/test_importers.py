@@ -171,7 +171,12 @@ def test_chained_without_cumulative_labels_derives_them() -> None:
     record = {"id": 1, "query": "q?", "steps": [
         {"text": "a.", "step_hallucination": False}, {"text": "b.", "step_hallucination": True},
         {"text": "c.", "step_hallucination": False}]}
-    assert import_traces(jsonl(record)).traces[0].prefix_labels == [0, 1, 1]
+    # no outcome: whether the chain got back on track after b is unknown (the paper's way)
+    assert import_traces(jsonl(record)).traces[0].prefix_labels == [0, 1, None]
+    assert import_traces(jsonl(record), prefix_labels="any-so-far").traces[0].prefix_labels \
+        == [0, 1, 1]
+    done = {**record, "is_correct": True}
+    assert import_traces(jsonl(done)).traces[0].prefix_labels == [0, 1, 0]
 
 
 def test_prm800k_follows_the_chosen_completions_up_to_the_error() -> None:
@@ -208,7 +213,9 @@ def test_prm800k_chain_ends_at_a_step_with_nothing_to_follow() -> None:
     record = changed(record, ["label", "finish_reason"], "give_up")
     trace = import_traces(jsonl(record)).traces[0]
     assert [step.text for step in trace.steps] == ["3 times 4 is 12."]
-    assert trace.is_correct is None and trace.prefix_labels == [0]
+    assert trace.is_correct is None and trace.prefix_labels == [None]  # outcome unknown
+    again = import_traces(jsonl(record), prefix_labels="any-so-far").traces[0]
+    assert again.prefix_labels == [0]
 
 
 @pytest.mark.parametrize(("first_wrong", "labels", "prefix"), [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.data.label_audit import audit_agreement, read_audit
+from core.data.label_audit import read_audit, score_audit
 from core.data.traces import read_traces
 from core.diagnose.feature_store import traces_hash
 from core.diagnose.probes import load_probe
@@ -37,10 +37,10 @@ def test_hand_check_of_the_labels_is_complete_and_from_the_training_file() -> No
     items = read_audit(SAMPLES / "audits" / "arith_labels.jsonl")
     steps = {(t.id, i): s for t in read_traces(TRAIN).traces for i, s in enumerate(t.steps)}
     for item in items:  # each judged step is the training file's, with its rule label
-        step = steps[(item.trace_id, item.step_index)]
-        assert (step.text, step.label) == (item.step, item.rule_label)
-    agreement = audit_agreement(items)
-    assert agreement.n_judged == len(items) >= 100 and agreement.n_unjudged == 0
+        step = steps[(item.source, item.info["step_index"])]
+        assert (step.text, step.label) == (item.text, item.machine["label"])
+    score = score_audit(items)
+    assert score.n_judged == len(items) >= 100 and score.n_unjudged == 0
 
 
 def test_shipped_probe_was_trained_on_the_shipped_training_file() -> None:

@@ -40,7 +40,7 @@ def test_steps_as_objects_build_the_response_joined_by_newlines() -> None:
     trace = trace_from_dict({**GOOD, "problem_id": 12, "answer": 5, "gold": "4",
                              "is_correct": False, "source": "hand"})
     assert trace.response == "2 + 2 = 5.\nSo 5."
-    # prefix labels are derived on reading: any step so far hallucinated
+    # prefix labels are derived on reading (the paper's convention)
     assert trace.steps == (Step("2 + 2 = 5.", 0, 10, 1, 1), Step("So 5.", 11, 16, 0, 1))
     assert (trace.problem_id, trace.answer, trace.gold) == ("12", "5", "4")
     assert trace.step_labels == [1, 0] and trace.prefix_labels == [1, 1]
@@ -235,20 +235,53 @@ def labelled(labels: list[int | None], is_correct: bool | None = None) -> Trace:
     return trace_from_dict({"id": "d", "prompt": "", "steps": steps, "is_correct": is_correct})
 
 
-@pytest.mark.parametrize(("labels", "is_correct", "expected"), [
-    ([0, 0, 1, 0, 0], None, [0, 0, 1, 1, 1]),       # any step so far was hallucinated
-    ([0, 0, 1, 0, 0], True, [0, 0, 1, 1, 1]),       # a correct answer does not undo the rule
-    ([0, 0, 0], False, [0, 0, 1]),                  # wrong final answer: last prefix is 1
-    ([0, None, 0, 1, 0], None, [0, None, None, 1, 1]),
-    ([None, None, None], False, [None, None, 1]),   # outcome supervision only
-    ([None, None], True, [None, 0]),
-    ([None, None], None, [None, None]),
+@pytest.mark.parametrize(("labels", "is_correct", "paper", "any_so_far"), [
+    ([0, 0, 1, 0, 0], None, [0, 0, 1, None, None], [0, 0, 1, 1, 1]),
+    ([0, 0, 1, 0, 0], True, [0, 0, 1, 0, 0], [0, 0, 1, 1, 1]),  # recovered after step 3
+    ([0, 0, 1, 0, 0], False, [0, 0, 1, 1, 1], [0, 0, 1, 1, 1]),
+    ([0, 0, 0], False, [0, 0, 1], [0, 0, 1]),  # wrong final answer: last prefix is 1
+    ([0, None, 0, 1, 0], None, [0, None, None, 1, None], [0, None, None, 1, 1]),
+    ([None, None, None], False, [None, None, 1], [None, None, 1]),  # outcome only
+    ([None, None], True, [None, 0], [None, 0]),
+    ([None, None], None, [None, None], [None, None]),
 ])
 def test_derived_prefix_labels(labels: list[int | None], is_correct: bool | None,
-                               expected: list[int | None]) -> None:
-    trace = with_derived_prefix_labels(labelled(labels, is_correct))
-    assert trace.prefix_labels == expected
-    assert trace.step_labels == labels
+                               paper: list[int | None], any_so_far: list[int | None]) -> None:
+    trace = labelled(labels, is_correct)  # read with the default: the paper's convention
+    assert trace.prefix_labels == paper and trace.step_labels == labels
+    other = with_derived_prefix_labels(trace, "any-so-far", overwrite=True)
+    assert other.prefix_labels == any_so_far and other.step_labels == labels
+
+
+def test_reading_in_a_named_convention_replaces_stored_prefix_labels() -> None:
+    record = {"id": "d", "prompt": "", "is_correct": True, "steps": [
+        {"text": "a", "label": 1, "prefix_label": 1}, {"text": "b", "label": 0,
+                                                        "prefix_label": 1}]}
+    assert trace_from_dict(record).prefix_labels == [1, 1]  # stored ones kept by default
+    assert trace_from_dict(record, prefix_labels="paper").prefix_labels == [1, 0]
+    assert trace_from_dict(record, prefix_labels="any-so-far").prefix_labels == [1, 1]
+    data = jsonl(record)
+    assert read_traces(data, prefix_labels="paper").traces[0].prefix_labels == [1, 0]
+    with pytest.raises(ValueError, match="Unknown prefix-label convention"):
+        read_traces(data, prefix_labels="sometimes")
+
+
+def test_answered_is_read_written_and_checked() -> None:
+    trace = trace_from_dict({**GOOD, "answered": False, "is_correct": False})
+    assert trace.answered is False and trace_to_dict(trace)["answered"] is False
+    assert trace_from_dict(trace_to_dict(trace)) == trace
+    assert trace_from_dict(GOOD).answered is None  # unknown, e.g. a version-1 file
+    with pytest.raises(FieldError) as error:
+        trace_from_dict({**GOOD, "answered": False, "is_correct": True})
+    assert error.value.field == "is_correct"
+    with pytest.raises(FieldError, match="true, false or null"):
+        trace_from_dict({**GOOD, "answered": "yes"})
+
+
+def test_version_1_files_still_read() -> None:
+    load = read_traces(jsonl({**GOOD, "schema_version": 1, "is_correct": False}))
+    assert not load.issues and load.traces[0].answered is None
+    assert SCHEMA_VERSION == 2
 
 
 def test_existing_prefix_labels_are_left_alone() -> None:

@@ -37,7 +37,7 @@ from core.control.finetune_data import (
     encode_examples,
     prompt_text,
 )
-from core.data.arith import answers_match, extract_answer
+from core.data.answers import reply_is_correct
 from core.progress import Progress
 from core.runtime.models import LoadedModel
 
@@ -111,10 +111,11 @@ class CompareConfig:
 def answer_matches(reply: str, answer: str, mode: str = "final") -> bool:
     """Does the reply give the answer? `answer` may list alternatives separated by "|".
 
-    mode="final": a number must be the reply's final answer (`core.data.arith.extract_answer`: the
-    last "Answer" line, else the last number), for worked solutions; words must appear in the
-    reply. mode="contains": every alternative, number or words, must appear as whole words
-    (ignoring case), for short factual replies that go on after the answer.
+    mode="final": a number must be the reply's stated final answer (`core.data.answers`: an
+    explicit "Answer: N", "#### N", "\\boxed{N}" or "The answer is N"), for worked solutions;
+    words must appear in the reply. mode="contains": every alternative, number or words, must
+    appear as whole words (ignoring case), for short factual replies that go on after the
+    answer.
     """
     if mode not in ("final", "contains"):
         raise ValueError(f"mode must be 'final' or 'contains', not {mode!r}.")
@@ -124,7 +125,7 @@ def answer_matches(reply: str, answer: str, mode: str = "final") -> bool:
         except ValueError:
             number = None
         if number is not None and mode == "final":
-            if answers_match(extract_answer(reply), number):
+            if reply_is_correct(reply, number):
                 return True
             continue
         pattern = r"(?<!\w)" + re.escape(option.lower()) + r"(?!\w)"

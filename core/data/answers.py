@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 __all__ = ["DEFAULT_PATTERNS", "AccuracyWithChance", "Answer", "AnswerFormat",
            "accuracy_with_chance", "answers_match", "format_number", "normalise_answer",
-           "parse_number", "read_answer", "trace_accuracy"]
+           "parse_number", "read_answer", "reply_is_correct", "trace_accuracy"]
 
 # What precedes an answer's value (case-insensitive). A lead ending in "{" takes the balanced
 # brace content as the value; any other takes the rest of the line (or the next non-blank line
@@ -50,6 +50,7 @@ _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _SIGNED = re.compile(rf"(?<![\w.^_{{])([-−]?)\s?\$?\s?({_NUMBER})(?![\d^])")
 _FRACTION = re.compile(r"^([-−]?)\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}$|^([-−]?\d+)\s*/\s*(\d+)$")
 _MATH = re.compile(r"[\d+*/^×÷<>−\\-]")  # left beside the number: an expression
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")  # "Answer: 93. That is 3 more." ends at "93."
 _PLACEHOLDER = re.compile(r"^<[^<>]*>$")  # "Answer: <number>" copied from the instruction
 _WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mbox|boxed|fbox)\s*\{")
 
@@ -163,9 +164,12 @@ class AnswerFormat:
     """How answers are stated: `patterns` are regexes (case-insensitive) for what precedes the
     value (see DEFAULT_PATTERNS). It reads a reply's answer (`read`) and says where a reply
     being generated should end (`reply_end`: the end of the line of its first answer
-    statement), so generation and reading agree on what the answer is."""
+    statement), so generation and reading agree on what the answer is. With `numeric` (a
+    problem set whose golds are numbers) a statement without a number ("the answer is the same
+    as before") does not count."""
 
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    numeric: bool = False  # True: a statement counts only when its value is a number
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -178,12 +182,13 @@ class AnswerFormat:
                                  f"{error}.") from None
 
     @classmethod
-    def with_lead(cls, lead: str, base: Sequence[str] = DEFAULT_PATTERNS) -> AnswerFormat:
+    def with_lead(cls, lead: str, base: Sequence[str] = DEFAULT_PATTERNS,
+                  numeric: bool = False) -> AnswerFormat:
         """The default patterns plus a literal lead, e.g. "Final result:" for an instruction
         that asks for "Final result: <number>"."""
         lead = lead.strip()
         extra = re.escape(lead) + (r"\s*" if not lead.endswith("{") else "")
-        return cls(tuple(dict.fromkeys([*base, extra])))
+        return cls(tuple(dict.fromkeys([*base, extra])), numeric)
 
     def _statements(self, text: str) -> list[tuple[int, int, int, str, str]]:
         """(start, value end, line end, pattern, value) of every statement with a value, in
@@ -206,8 +211,9 @@ class AnswerFormat:
                         if rest and rest.group(1).strip():
                             value = rest.group(1)
                             value_end = lead_end + rest.end(1)
-                value = _clean(value)
-                if not value or _PLACEHOLDER.match(value):
+                value = _clean(_SENTENCE_END.split(value, maxsplit=1)[0])
+                if not value or _PLACEHOLDER.match(value) or \
+                        (self.numeric and answer_number(value) is None):
                     continue
                 newline = text.find("\n", value_end)
                 line_end = newline + 1 if newline >= 0 else len(text) + 1
@@ -235,7 +241,7 @@ class AnswerFormat:
         return line_end if line_end <= len(text) else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"patterns": list(self.patterns)}
+        return {"patterns": list(self.patterns), "numeric": self.numeric}
 
 
 DEFAULT_FORMAT = AnswerFormat()
@@ -258,6 +264,15 @@ def answers_match(answer: str | None, gold: str | None, rel_tol: float = 1e-6) -
         return number is not None and abs(number - gold_number) <= \
             rel_tol * max(1.0, abs(gold_number))
     return normalise_answer(answer) == normalise_answer(gold)
+
+
+def reply_is_correct(reply: str, gold: str | float,
+                     answer_format: AnswerFormat = DEFAULT_FORMAT) -> bool:
+    """Does the reply state the gold? Its stated answer (`read_answer`) against the gold
+    (`answers_match`); False for an unanswered reply."""
+    answer = answer_format.read(reply)
+    gold_text = gold if isinstance(gold, str) else format_number(float(gold))
+    return answer is not None and answers_match(answer.text, gold_text)
 
 
 # ---------------------------------------------------------------------------- chance
@@ -330,11 +345,18 @@ def accuracy_with_chance(answers: Sequence[str | None], golds: Sequence[str | No
                               n_shuffles=n_shuffles, n_problems=len(names), n_correct=n_correct)
 
 
-class _Outcome(Protocol):
-    id: str
-    problem_id: str | None
-    answer: str | None
-    gold: str | None
+class _Outcome(Protocol):  # what `trace_accuracy` reads of a `core.data.traces.Trace`
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def problem_id(self) -> str | None: ...
+
+    @property
+    def answer(self) -> str | None: ...
+
+    @property
+    def gold(self) -> str | None: ...
 
     @property
     def answered(self) -> bool | None: ...

@@ -6,10 +6,13 @@ Two halves:
   structured record so the gold answer can be recomputed independently;
 - a labeller for a model's "one calculation per line" answer. Step label 1 when a line states
   a false calculation or uses a number that is neither in the problem nor an earlier
-  result; 0 otherwise. Prefix labels follow the paper's convention (see `prefix_labels`).
+  result; 0 otherwise. It needs only the numbers the problem gives, so it labels any
+  problem's steps (`find_numbers` reads them from the question text); numbers written in
+  words ("twice", "a dozen") are not known to it.
 
 Why rule-based: a small model's arithmetic is checkable exactly, so every step gets a label
-without a judge model.
+without a judge model. Final answers are read by `core.data.answers` (strictly), prefix labels
+derived by `core.data.prefix_labels`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from core.data.prompting import DEFAULT_PROMPT
 
 MAX_VALUE = 10_000  # every intermediate value stays a positive integer below this
 
@@ -177,15 +182,15 @@ def generate_problems(n: int, seed: int = 0, min_ops: int = 2, max_ops: int = 8,
 
 
 def cot_prompt(problem: ArithProblem) -> str:
-    """The user message: one worked example, then the question.
+    """The user message of the default prompt (`core.data.prompting.DEFAULT_PROMPT`): one worked
+    example, then the question."""
+    return DEFAULT_PROMPT.user_message(problem.question)
 
-    A 135M model copies the numbers of an inline example ("like 12 + 5 = 17") into most of its
-    answers; a separate worked example with its own question keeps the format without that.
-    """
-    return ("Example.\nQuestion: Mia has 4 pens. She buys 3 more pens, then doubles them. "
-            "How many pens does she have?\n4 + 3 = 7\n7 * 2 = 14\nAnswer: 14\n\n"
-            f"Question: {problem.question}\nSolve it the same way: one calculation per line, "
-            "then a line 'Answer: <number>'.")
+
+def worked_solution(problem: ArithProblem) -> str:
+    """The solution in GSM8K's shape: one calculation per line, then "#### N"."""
+    lines = [f"{_fmt(a)} {op} {_fmt(b)} = {_fmt(result)}" for op, a, b, result in problem.steps]
+    return "\n".join([*lines, f"#### {_fmt(problem.gold)}"])
 
 
 # ---------------------------------------------------------------------------- labeller
@@ -198,8 +203,6 @@ _OP_SYMBOLS = {"×": "*", "·": "*", "÷": "/", "−": "-", "–": "-", "x": "*"
 _BULLET = re.compile(r"^\s*(?:[#>•]+\s*|[*-]\s+)")
 _NUMBERING = re.compile(r"^(?:(?:step|line)\s*\d+\s*[:.)-]?|\(?\d+[.)](?!\d)|\d+\s*:(?!\d))\s*",
                         re.IGNORECASE)
-_ANSWER = re.compile(r"answer\b([^\n]*)", re.IGNORECASE)  # the rest of an "Answer..." line
-_SIGNED_NUM = re.compile(rf"(-?)[ \t]?(\$?[ \t]?{_NUM})")
 
 
 @dataclass(frozen=True)
@@ -446,28 +449,6 @@ def find_numbers(text: str) -> list[float]:
     return [_parse_num(t.text).stated for t in _tokenize(text) if t.kind == "num"]
 
 
-def split_lines(response: str) -> list[str]:
-    """The response's non-empty lines, stripped, in order: one step per line."""
-    return [line.strip() for line in response.splitlines() if line.strip()]
-
-
-def extract_answer(text: str) -> float | None:
-    """The final answer: on the last "Answer" line holding a number, the first number after
-    its last '=' ("Answer: $1,234.50", "Answer: 12 + 5 = 17 apples"); else the last number in
-    the text; None when there is no number."""
-    for rest in reversed(_ANSWER.findall(text)):
-        if found := _SIGNED_NUM.search(rest.rsplit("=", 1)[-1]):
-            sign = -1.0 if found.group(1) else 1.0
-            return sign * _parse_num(found.group(2)).stated
-    numbers = find_numbers(text)
-    return numbers[-1] if numbers else None
-
-
-def answers_match(answer: float | None, gold: float, tol: float = 1e-6) -> bool:
-    """|answer - gold| <= tol * max(1, |gold|); False when there is no answer."""
-    return answer is not None and abs(answer - gold) <= tol * max(1.0, abs(gold))
-
-
 @dataclass(frozen=True)
 class StepCheck:
     """label 1 = hallucinated/incorrect step, 0 = fine; reason is "" when the label is 0."""
@@ -476,29 +457,20 @@ class StepCheck:
     reason: str
 
 
-def label_steps(problem: ArithProblem, steps: list[str]) -> list[StepCheck]:
-    """Label each step: 1 if it states a false calculation or uses a number that is neither in
-    the problem nor an earlier result. Earlier results are the numbers earlier steps claimed,
-    right or wrong (after an '=', or asserted outside a calculation: "so she has 17 left"), so
-    an error carried forward is not a new hallucination; an earlier step's operands are not
-    results, so an invented operand ("7 + 1 = 8" with no 1 in the problem) is flagged each time
-    it is used. Numbers only computed implicitly (12 in "3 * 4 + 2 = 14") are not known to
-    later steps. The final "Answer: N" line is a step like any other: 1 only when N is new."""
-    known = list(problem.numbers)
+def label_steps(given: ArithProblem | Sequence[float], steps: Sequence[str]) -> list[StepCheck]:
+    """Label each step: 1 if it states a false calculation or uses a number that is neither
+    given (`given`: an ArithProblem, whose numbers are given, or the numbers themselves, e.g.
+    `find_numbers(question)`) nor an earlier result. Earlier results are the numbers earlier
+    steps claimed, right or wrong (after an '=', or asserted outside a calculation: "so she
+    has 17 left"), so an error carried forward is not a new hallucination; an earlier step's
+    operands are not results, so an invented operand ("7 + 1 = 8" with no 1 in the problem) is
+    flagged each time it is used. Numbers only computed implicitly (12 in "3 * 4 + 2 = 14") are
+    not known to later steps. The final "Answer: N" line is a step like any other: 1 only when
+    N is new."""
+    known = list(given.numbers if isinstance(given, ArithProblem) else given)
     checks = []
     for step in steps:
         reasons, stated = _check_line(step, known)
         checks.append(StepCheck(int(bool(reasons)), "; ".join(reasons)))
         known += stated
     return checks
-
-
-def prefix_labels(step_labels: list[int], is_correct: bool | None) -> list[int]:
-    """prefix_t = max(step_1..step_t) ("any step so far was hallucinated"); then, following
-    the paper's data, the last prefix label is set to 1 when is_correct is False. When
-    is_correct is True (or None, unknown) the last label keeps the any-so-far value: a chain
-    that erred and recovered stays flagged, so a correct answer does not clear it."""
-    labels = [int(any(step_labels[: t + 1])) for t in range(len(step_labels))]
-    if labels and is_correct is False:
-        labels[-1] = 1
-    return labels

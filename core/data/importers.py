@@ -23,10 +23,12 @@ Formats (`import_traces(format=...)`; "auto" looks at the first JSON object):
   so whether a later step is wrong is unknown.
 - gsm8k: GSM8K-style solutions. `question`, `answer` (one step per line, then "#### N"),
   optional `id`, `is_correct`, `gold`. Steps = the non-blank lines before "####", with the
-  calculator annotations ("<<48/2=24>>") removed; lines after it are ignored. answer = N;
+  calculator annotations ("<<48/2=24>>") removed; lines after it are ignored. answer = N
+  (answered: the "####" line states it);
   gold = `gold` if given, else N unless is_correct is false. Step labels are null.
 Every imported (non-native) trace gets `source` = the format name and prefix labels derived
-from its step labels and is_correct where it has none (`with_derived_prefix_labels`). A
+from its step labels and is_correct where it has none (`core.data.prefix_labels`: the paper's
+convention, or the one `prefix_labels=` names, which then replaces stored ones too). A
 record's top-level keys that the mapping does not use are kept in `Trace.extra` (those whose
 names are native fields are dropped).
 
@@ -45,6 +47,7 @@ from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from core.data.prefix_labels import check_convention
 from core.data.records import FieldError, TraceFileError, TraceIssue, decode_line, read_lines
 from core.data.steps import DEFAULT_SEGMENTER, Segmenter
 from core.data.traces import _KNOWN_KEYS, Trace, TraceLoad, read_traces, trace_from_dict
@@ -269,7 +272,8 @@ def _from_gsm8k(record: Mapping[str, Any]) -> NativeRecord:
     return {**_leftovers(record, {"id", "question", "answer", "is_correct", "gold"}),
             "id": _text(record.get("id"), "id", numbers=True),
             "prompt": _required_text(record.get("question"), "question"),
-            "steps": steps, "answer": answer, "gold": gold, "is_correct": is_correct}
+            "steps": steps, "answer": answer, "answered": True, "gold": gold,
+            "is_correct": is_correct}
 
 
 _MAPPERS: dict[str, Callable[[Mapping[str, Any]], NativeRecord]] = {
@@ -364,25 +368,31 @@ def _array_records(source: str | Path | bytes) -> Records:
 
 
 def _to_trace(record: Mapping[str, Any], format: str, segmenter: Segmenter,
-              default_id: str) -> Trace:
+              default_id: str, prefix_labels: str | None) -> Trace:
     native = _MAPPERS[format](record)
     if format != "native":
         native["source"] = format
-    return trace_from_dict(native, segmenter, default_id=default_id)  # derives prefix labels
+    return trace_from_dict(native, segmenter, default_id=default_id,  # derives prefix labels
+                           prefix_labels=prefix_labels)
 
 
 def import_traces(source: str | Path | bytes, format: str = "auto", *, name: str | None = None,
                   segmenter: Segmenter = DEFAULT_SEGMENTER, strict: bool = False,
-                  max_line_bytes: int = 16_000_000) -> TraceLoad:
+                  max_line_bytes: int = 16_000_000, prefix_labels: str | None = None
+                  ) -> TraceLoad:
     """Read a trace file of any format in FORMATS (a path, or its bytes, e.g. an upload).
 
     Like `read_traces`, a bad record never stops the reading: it becomes a TraceIssue naming its
     line (or array position) and field, and strict=True raises TraceFileError instead. With
     format="auto" the first JSON object decides; a shape that fits no format raises ValueError
-    (see `detect_format`). Native JSONL goes to `read_traces` as it is.
+    (see `detect_format`). Native JSONL goes to `read_traces` as it is. `prefix_labels`: None
+    keeps stored prefix labels (missing ones derived the paper's way); "paper" or "any-so-far"
+    derives every trace's from its step labels and outcome in that convention.
     """
     if format not in FORMATS:
         raise ValueError(f"Unknown trace format '{format}'; choose from {', '.join(FORMATS)}.")
+    if prefix_labels is not None:
+        check_convention(prefix_labels)
     if name is None:
         name = "<bytes>" if isinstance(source, bytes) else Path(source).name
     stem = Path(name).stem if name != "<bytes>" else "line"
@@ -399,7 +409,7 @@ def import_traces(source: str | Path | bytes, format: str = "auto", *, name: str
         if format == "native" and not is_array:
             records.close()
             return read_traces(source, name=name, segmenter=segmenter, strict=strict,
-                               max_line_bytes=max_line_bytes)
+                               max_line_bytes=max_line_bytes, prefix_labels=prefix_labels)
         traces: list[Trace] = []
         issues: list[TraceIssue] = []
         first_number_of: dict[str, int] = {}
@@ -413,7 +423,7 @@ def import_traces(source: str | Path | bytes, format: str = "auto", *, name: str
                     raise value
                 if not isinstance(value, dict):
                     raise FieldError("", f"expected a JSON object, got {type(value).__name__}")
-                trace = _to_trace(value, format, segmenter, f"{stem}-{number}")
+                trace = _to_trace(value, format, segmenter, f"{stem}-{number}", prefix_labels)
                 if trace.id in first_number_of:
                     raise FieldError("id", f"duplicate id '{trace.id}' (first on line "
                                            f"{first_number_of[trace.id]})")

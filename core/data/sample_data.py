@@ -1,36 +1,112 @@
-"""The project's own labelled data: the model writes chains of thought for arithmetic word problems
-that `core.data.arith` generates, and `core.data.arith`'s rules label every step.
+"""Labelled chains of thought from any problem set: the model answers every problem `n` times,
+its answers are read strictly, and its steps are labelled by the arithmetic rule, by a judge
+model, or not at all.
 
-Writes a trace file (JSONL) and a `.meta.json` sidecar with the schema version, the versions that
-produced it and the exact arguments, so `telltale make-traces` regenerates it.
+    problems = read_problems("gsm8k_test.jsonl", limit=100)      # or arith_problem_set(...)
+    summary = make_traces(loaded, problems, "chains.jsonl", MakeTracesConfig(n=2))
+
+What each chain records: the prompt it was generated from (the user message as `prompt`, a
+system message as `system`), the raw reply as `response` (the stop rule ends it after the line
+of its first answer statement), its steps located in that reply, `answer` and `answered` (a
+reply without an explicit answer statement is unanswered and not correct), `gold`,
+`is_correct`, step labels and prefix labels (`core.data.prefix_labels`, the paper's convention
+by default):
+- "rule": `core.data.arith.label_steps` (a false calculation, or a number neither given nor
+  an earlier result), with its reasons in `label_reasons`;
+- "judge": a judge model's verdicts (`core.data.judge`): the step label is "this step is
+  wrong", the prefix label "the reasoning so far is on a path to a wrong answer", except the
+  last one, which is `not is_correct` (terminal consistency; the number of chains where the
+  judge said otherwise is reported). With prefix_labels="any-so-far" the prefix labels are
+  derived from the judge's step labels instead. A chain the judge could not label keeps null
+  labels, and is counted;
+- "none": outcome only (the last prefix label).
+
+Resuming: the replies are journalled batch by batch in OUT.replies.jsonl and the judge's
+verdicts in OUT.judge.jsonl. Both are kept after the run, so a rerun of the same command samples
+and judges nothing again; delete them to start afresh. With `test_share` > 0 the problems are
+split (never a problem in both) into OUT_train.jsonl and OUT_test.jsonl. Every file gets a
+`.meta.json` sidecar with the schema version, the versions that produced it, the settings and
+the command that regenerates it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from core import __version__
-from core.data.arith import (
+from core.data.answers import (
+    AccuracyWithChance,
+    AnswerFormat,
     answers_match,
-    cot_prompt,
-    extract_answer,
-    generate_problems,
-    label_steps,
-    prefix_labels,
-    split_lines,
+    parse_number,
+    trace_accuracy,
 )
+from core.data.arith import find_numbers, label_steps
 from core.data.atomic import atomic_write_text
+from core.data.journal import Journal
+from core.data.judge import JudgeBackend, JudgeItem, JudgePrompt, JudgeRun, judge_items
+from core.data.prefix_labels import check_convention, derive_prefix_labels
+from core.data.problems import Problem
+from core.data.prompting import DEFAULT_PROMPT, PromptSpec
+from core.data.steps import DEFAULT_SEGMENTER, Segmenter, split_steps
 from core.data.traces import SCHEMA_VERSION, Trace, trace_from_dict, write_traces
 from core.progress import Progress
-from core.runtime.generate import SamplingConfig, sample_responses
+from core.runtime.generate import SamplingConfig, sample_replies
 from core.runtime.models import LoadedModel
 
-SOURCE = "telltale-arith"
+STEP_LABELLERS = ("rule", "judge", "none")
+
+
+@dataclass(frozen=True)
+class MakeTracesConfig:
+    """How chains are sampled and labelled (see the module docstring)."""
+
+    n: int = 2  # chains per problem
+    seed: int = 0
+    max_new_tokens: int = 200
+    temperature: float = 0.7
+    top_p: float = 0.95
+    batch_size: int = 16
+    test_share: float = 0.0
+    step_labels: str = "rule"
+    prefix_labels: str = "paper"
+    prompt: PromptSpec = DEFAULT_PROMPT
+    answers: AnswerFormat | None = None  # None: the prompt's (`PromptSpec.reader`), numeric
+    # when every gold is a number
+    stop_at_answer: bool = True
+    segmenter: Segmenter = DEFAULT_SEGMENTER
+    source: str = "telltale-make-traces"
+    judge_attempts: int = 3
+    judge_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError("Need at least one chain per problem and a batch size of 1+.")
+        if not 0.0 <= self.test_share < 1.0:
+            raise ValueError(f"The test share must be in [0, 1), got {self.test_share}.")
+        if self.step_labels not in STEP_LABELLERS:
+            raise ValueError(f"Unknown step labeller '{self.step_labels}'; choose from "
+                             f"{', '.join(STEP_LABELLERS)}.")
+        check_convention(self.prefix_labels)
+        SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+
+    def reader(self, problems: Sequence[Problem] = ()) -> AnswerFormat:
+        """The answer reader: `answers`, else the prompt's, numeric when every gold is one."""
+        if self.answers is not None:
+            return self.answers
+        numeric = bool(problems) and all(p.gold is not None and parse_number(p.gold) is not None
+                                         for p in problems)
+        return self.prompt.reader(AnswerFormat(numeric=numeric))
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
 
 @dataclass(frozen=True)
@@ -39,38 +115,31 @@ class MakeTracesSummary:
     n_problems: int
     n_chains: int
     n_empty: int
-    step_label_rate: float
-    accuracy: float
+    n_sampled: int  # replies sampled in this run (0 when the journal had them all)
+    step_label_rate: float | None  # share of labelled steps with label 1
+    outcome: AccuracyWithChance
+    n_judged: int = 0
+    n_judge_failed: int = 0  # chains whose verdicts could not be parsed (null labels)
+    n_judge_requests: int = 0  # requests sent in this run (0 when all were cached)
+    n_judge_terminal_fixed: int = 0  # last prefix verdict contradicted the outcome
 
     def __str__(self) -> str:
-        return (f"Wrote {self.n_chains} chains for {self.n_problems} problems to "
-                f"{', '.join(self.files)} (empty replies dropped: {self.n_empty}; "
-                f"hallucinated-step rate {self.step_label_rate:.1%}; final answers correct "
-                f"{self.accuracy:.1%}).")
+        o = self.outcome
+        rate = "n/a" if self.step_label_rate is None else f"{self.step_label_rate:.1%}"
+        text = (f"Wrote {self.n_chains} chains for {self.n_problems} problems to "
+                f"{', '.join(self.files)} (sampled now: {self.n_sampled}; empty replies "
+                f"dropped: {self.n_empty}). Answered {o.answered_share:.1%}; accuracy "
+                f"{o.accuracy:.1%} against a shuffled-gold chance of {o.chance_mean:.1%} "
+                f"(sd {o.chance_sd:.1%}, {o.n_shuffles} shuffles); step label 1 on {rate} of "
+                "labelled steps.")
+        if self.n_judged:
+            text += (f" Judge: {self.n_judged} chains, {self.n_judge_failed} without parsable "
+                     f"verdicts (null labels), {self.n_judge_requests} requests now, last "
+                     f"prefix verdict set by the outcome in {self.n_judge_terminal_fixed}.")
+        return text
 
-
-def label_reply(problem_id: str, index: int, problem: Any, reply: str) -> dict[str, Any] | None:
-    """The trace record (as a dict) for one reply, labelled; None for a reply with no step."""
-    lines = split_lines(reply)
-    if not lines:
-        return None
-    checks = label_steps(problem, lines)
-    answer = extract_answer(reply)
-    correct = answers_match(answer, problem.gold)
-    step_labels = [c.label for c in checks]
-    prefix = prefix_labels(step_labels, correct)
-    return {
-        "id": f"{problem_id}-c{index}",
-        "problem_id": problem_id,
-        "prompt": cot_prompt(problem),
-        "steps": [{"text": text, "label": lab, "prefix_label": pre}
-                  for text, lab, pre in zip(lines, step_labels, prefix, strict=True)],
-        "answer": None if answer is None else f"{answer:g}",
-        "gold": f"{problem.gold:g}",
-        "is_correct": correct,
-        "source": SOURCE,
-        "label_reasons": [c.reason for c in checks],
-    }
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _versions() -> dict[str, str]:
@@ -81,107 +150,163 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__}
 
 
-def make_arith_traces(loaded: LoadedModel, out: str | Path, n_problems: int = 40,
-                      samples: int = 2, seed: int = 0, max_new_tokens: int = 200,
-                      temperature: float = 0.7, batch_size: int = 16,
-                      progress: Progress | None = None, split_test: float = 0.0,
-                      min_ops: int = 2, max_ops: int = 8,
-                      max_number: int = 99) -> MakeTracesSummary:
-    """Generate problems, sample `samples` chains each, label them and write the trace file(s).
+def _sha256(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
 
-    Replies are journaled batch by batch beside OUT (OUT.replies.jsonl): an interrupted run
-    resumes where it stopped and writes the same files.
 
-    With `split_test` > 0 the problems are split (never a problem in both) into OUT_train.jsonl
-    and OUT_test.jsonl beside OUT instead of one file.
-    """
-    if n_problems < 1 or samples < 1:
-        raise ValueError("Need at least one problem and one sample per problem.")
-    if not 0.0 <= split_test < 1.0:
-        raise ValueError(f"The test share must be in [0, 1), got {split_test}.")
-    problems = generate_problems(n_problems, seed=seed, min_ops=min_ops, max_ops=max_ops,
-                                 max_number=max_number)
-    questions = [cot_prompt(p) for p in problems for _ in range(samples)]
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    arguments = {"n_problems": n_problems, "samples": samples, "seed": seed,
-                 "max_new_tokens": max_new_tokens, "temperature": temperature,
-                 "batch_size": batch_size, "split_test": split_test, "min_ops": min_ops,
-                 "max_ops": max_ops, "max_number": max_number}
+def sample_chains(loaded: LoadedModel, problems: Sequence[Problem], out: Path,
+                  config: MakeTracesConfig, reader: AnswerFormat,
+                  progress: Progress | None = None) -> tuple[list[str], int]:
+    """(one reply per problem and chain, problem-major; how many were sampled now), journalled
+    in OUT.replies.jsonl so an interrupted or repeated run reuses what it has."""
+    prompts = [config.prompt.render(loaded.tokenizer, p.question)
+               for p in problems for _ in range(config.n)]
+    settings = {"model": loaded.name, "sampling": asdict(config.sampling),
+                "batch_size": config.batch_size, "n": config.n,
+                "stop": reader.as_dict() if config.stop_at_answer else None,
+                "prompts_sha256": _sha256(prompts)}
+    journal_path = out.with_name(out.stem + ".replies.jsonl")
+    with Journal.open(journal_path, {"kind": "telltale-replies", "settings": settings}) as log:
+        done = {int(entry["index"]): str(entry["reply"]) for entry in log.entries}
+        sampled = 0
+
+        def keep(first: int, batch: list[str]) -> None:
+            nonlocal sampled
+            sampled += len(batch)
+            log.append({"index": first + offset, "reply": reply}
+                       for offset, reply in enumerate(batch))
+
+        replies = sample_replies(loaded, prompts, config.sampling, batch_size=config.batch_size,
+                                 progress=progress, done=done, on_batch=keep,
+                                 stop=reader.reply_end if config.stop_at_answer else None)
+    return replies, sampled
+
+
+@dataclass(frozen=True)
+class _Chain:
+    problem: Problem
+    index: int
+    reply: str
+    steps: tuple[str, ...]
+
+
+def _outcome(chain: _Chain, reader: AnswerFormat) -> dict[str, Any]:
+    answer = reader.read(chain.reply)
+    gold = chain.problem.gold
+    correct = None if gold is None else answer is not None and answers_match(answer.text, gold)
+    return {"answer": None if answer is None else answer.text, "answered": answer is not None,
+            "gold": gold, "is_correct": correct}
+
+
+def _rule_labels(chain: _Chain) -> tuple[list[int | None], dict[str, Any]]:
+    given = chain.problem.numbers if chain.problem.numbers is not None else \
+        find_numbers(chain.problem.question)
+    checks = label_steps(given, chain.steps)
+    return [c.label for c in checks], {"label_reasons": [c.reason for c in checks]}
+
+
+def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Path,
+                config: MakeTracesConfig = MakeTracesConfig(),
+                judge: JudgeBackend | None = None, judge_prompt: JudgePrompt | None = None,
+                progress: Progress | None = None, judge_progress: Progress | None = None,
+                problems_info: Mapping[str, Any] | None = None,
+                command: str | None = None) -> MakeTracesSummary:
+    """Sample, label and write chains for `problems` (see the module docstring); `command`
+    (the command line that made them) and `problems_info` go into the sidecar."""
+    if not problems:
+        raise ValueError("No problems to answer.")
+    if config.step_labels == "judge" and judge is None:
+        raise ValueError("Step labels by a judge need a judge model.")
     out = Path(out)
-    journal = out.with_name(out.stem + ".replies.jsonl")
-    done = _read_journal(journal, {**arguments, "model": loaded.name})
-    with journal.open("a", encoding="utf-8") as handle:
-        if handle.tell() == 0:  # a new journal starts with the settings it belongs to
-            handle.write(json.dumps({"arguments": {**arguments, "model": loaded.name}}) + "\n")
-
-        def journal_batch(first: int, batch: list[str]) -> None:
-            for offset, reply in enumerate(batch):
-                handle.write(json.dumps({"index": first + offset, "reply": reply}) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-        replies = sample_responses(loaded, questions, sampling, batch_size=batch_size,
-                                   progress=progress, done=done, on_batch=journal_batch)
-    records: list[dict[str, Any]] = []
-    n_empty = 0
+    reader = config.reader(problems)
+    replies, n_sampled = sample_chains(loaded, problems, out, config, reader, progress)
+    chains, n_empty = [], 0
     for i, reply in enumerate(replies):
-        problem = problems[i // samples]
-        record = label_reply(problem.problem_id, i % samples, problem, reply)
-        if record is None:
+        spans = split_steps(reply, config.segmenter)
+        if not spans:
             n_empty += 1
-        else:
-            records.append(record)
-    traces = [trace_from_dict(r) for r in records]
-    groups: dict[str, list[Trace]]
-    if split_test > 0:
-        ids = sorted({t.problem_id or t.id for t in traces})
-        random.Random(seed).shuffle(ids)
-        test_ids = set(ids[: max(1, round(len(ids) * split_test))])
-        groups = {
-            str(out.with_name(f"{out.stem}_train.jsonl")):
-                [t for t in traces if (t.problem_id or t.id) not in test_ids],
-            str(out.with_name(f"{out.stem}_test.jsonl")):
-                [t for t in traces if (t.problem_id or t.id) in test_ids],
-        }
-    else:
-        groups = {str(out): traces}
-    labels = [lab for t in traces for lab in t.step_labels if lab is not None]
+            continue
+        chains.append(_Chain(problems[i // config.n], i % config.n, reply,
+                             tuple(reply[s.start:s.end] for s in spans)))
+    outcomes = [_outcome(chain, reader) for chain in chains]
+    run: JudgeRun | None = None
+    if config.step_labels == "judge":
+        assert judge is not None
+        prompt = judge_prompt or JudgePrompt.load()
+        items = [JudgeItem(c.problem.question, c.steps, o["gold"], o["answer"])
+                 for c, o in zip(chains, outcomes, strict=True)]
+        run = judge_items(judge, prompt, items, out.with_name(out.stem + ".judge.jsonl"),
+                          config.judge_attempts, config.judge_workers, judge_progress)
+    labeller = f"judge:{judge.name}" if run is not None and judge is not None \
+        else config.step_labels
+    records, fixed = [], 0
+    for number, (chain, outcome) in enumerate(zip(chains, outcomes, strict=True)):
+        extra: dict[str, Any] = {"system": config.prompt.system} if config.prompt.system else {}
+        labels: list[int | None] = [None] * len(chain.steps)
+        prefix: list[int | None] | None = None
+        if config.step_labels == "rule":
+            labels, more = _rule_labels(chain)
+            extra.update(more)
+        elif run is not None:
+            result = run.results[number]
+            extra["judge"] = {"key": result.key, "error": result.error,
+                              "verdicts": "ok" if result.verdicts else "unparsed"}
+            if result.verdicts is not None:
+                labels = [int(v.wrong) for v in result.verdicts]
+                if config.prefix_labels == "paper":
+                    prefix = [int(v.wrong_path) for v in result.verdicts]
+                    if outcome["is_correct"] is not None:
+                        fixed += prefix[-1] != int(not outcome["is_correct"])
+                        prefix[-1] = int(not outcome["is_correct"])
+        if prefix is None:
+            prefix = derive_prefix_labels(labels, outcome["is_correct"], config.prefix_labels)
+        records.append({
+            "id": f"{chain.problem.id}-c{chain.index}", "problem_id": chain.problem.id,
+            "prompt": config.prompt.user_message(chain.problem.question),
+            "response": chain.reply,
+            "steps": [{"text": text, "label": label, "prefix_label": pre}
+                      for text, label, pre in zip(chain.steps, labels, prefix, strict=True)],
+            **outcome, "source": config.source, "step_labeller": labeller, **extra})
+    traces = [trace_from_dict(record, config.segmenter) for record in records]
+    groups = _split(traces, out, config.test_share, config.seed)
+    labelled = [label for t in traces for label in t.step_labels if label is not None]
+    settings = {"problems": dict(problems_info or {}), "n_problems": len(problems),
+                **{k: v for k, v in asdict(config).items()
+                   if k not in ("prompt", "answers", "segmenter")},
+                "prompt": config.prompt.as_dict(), "answers": reader.as_dict(),
+                "segmenter": asdict(config.segmenter),
+                "judge": None if judge is None else {
+                    "name": judge.name,
+                    "prompt_sha256": (judge_prompt or JudgePrompt.load()).sha256}}
     summary = MakeTracesSummary(
-        files=tuple(groups), n_problems=n_problems, n_chains=len(traces), n_empty=n_empty,
-        step_label_rate=sum(labels) / max(len(labels), 1),
-        accuracy=sum(bool(t.is_correct) for t in traces) / max(len(traces), 1))
+        files=tuple(groups), n_problems=len(problems), n_chains=len(traces), n_empty=n_empty,
+        n_sampled=n_sampled,
+        step_label_rate=sum(labelled) / len(labelled) if labelled else None,
+        outcome=trace_accuracy(traces),
+        n_judged=len(chains) if run else 0, n_judge_failed=run.n_failed if run else 0,
+        n_judge_requests=run.n_requests if run else 0, n_judge_terminal_fixed=fixed)
     for path, group in groups.items():
         write_traces(path, group)
-        meta = {
-            "schema_version": SCHEMA_VERSION, "source": SOURCE, "model": loaded.name,
-            "versions": _versions(), "arguments": arguments, "n_chains": len(group),
-            "summary": asdict(summary),
-            "regenerate": "telltale make-traces --out {} --problems {} --samples {} --seed {} "
-                          "--max-new-tokens {} --temperature {} --batch-size {} --min-ops {} "
-                          "--max-ops {} --max-number {}{}".format(
-                              out, n_problems, samples, seed, max_new_tokens, temperature,
-                              batch_size, min_ops, max_ops, max_number,
-                              f" --test-share {split_test}" if split_test else ""),
-        }
-        atomic_write_text(Path(path).with_suffix(".meta.json"), json.dumps(meta, indent=2) + "\n")
-    journal.unlink()  # every output is written: the journal of replies has served its purpose
+        meta = {"schema_version": SCHEMA_VERSION, "source": config.source, "model": loaded.name,
+                "versions": _versions(), "settings": settings, "n_chains": len(group),
+                "outcome": trace_accuracy(group).as_dict() if group else None,
+                "summary": summary.as_dict(), "regenerate": command}
+        atomic_write_text(Path(path).with_suffix(".meta.json"),
+                          json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 
-def _read_journal(path: Path, arguments: dict[str, Any]) -> dict[int, str]:
-    """Replies an interrupted run already sampled with the same arguments (index -> reply)."""
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    header = json.loads(lines[0]) if lines else {}
-    if header.get("arguments") != arguments:
-        raise ValueError(f"{path} holds replies sampled with other settings; delete it to start "
-                         "over, or rerun with the settings it records.")
-    done: dict[int, str] = {}
-    for line in lines[1:]:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut off by an interruption: sample from there again
-        done[int(entry["index"])] = str(entry["reply"])
-    return done
+def _split(traces: list[Trace], out: Path, test_share: float,
+           seed: int) -> dict[str, list[Trace]]:
+    """{path: traces}: one file, or OUT_train/OUT_test split by problem."""
+    if test_share <= 0:
+        return {str(out): traces}
+    ids = sorted({t.problem_id or t.id for t in traces})
+    random.Random(seed).shuffle(ids)
+    test_ids = set(ids[: max(1, round(len(ids) * test_share))])
+    return {
+        str(out.with_name(f"{out.stem}_train.jsonl")):
+            [t for t in traces if (t.problem_id or t.id) not in test_ids],
+        str(out.with_name(f"{out.stem}_test.jsonl")):
+            [t for t in traces if (t.problem_id or t.id) in test_ids],
+    }

@@ -15,6 +15,19 @@ Segmenting modes (`Segmenter.mode`):
   text before the first match is its own step.
 In every mode `<think>` and `</think>` tags are boundaries and belong to no step, and each
 step's span is trimmed of surrounding whitespace; blank steps are dropped.
+
+Whitespace between steps: the one rule the offline and the streamed path share. A step's char
+span runs from its first to its last non-space character, so the whitespace after it (the
+newline ending a line, blank lines, the next line's indentation) and think tags form a gap in no
+step's text. In tokens (`token_step_index`) a token wholly inside a gap belongs to the step
+before it, a token before the first step belongs to the first step, and a token straddling a
+boundary belongs to the step of its first non-space character. So a step's tokens include its
+trailing newline(s), and a streaming reader knows a step is complete when the next step's first
+character arrives (or generation ends). Teacher forcing a stored trace
+(`core.diagnose.encode`) and watching a model write (`core.diagnose.monitor`) both apply
+`split_steps` and `token_step_index` to the response text as the model wrote it, which is why a
+trace keeps the raw reply as its `response` (`core.data.traces`): an edited text (stripped
+lines, dropped blank lines) would give the probe other tokens than the model produced.
 """
 
 from __future__ import annotations

@@ -2,13 +2,21 @@
 
 One JSON object per line:
     {"id", "problem_id", "prompt", "response", "steps": [{"text", "label", "prefix_label"}],
-     "answer", "gold", "is_correct", "source", "schema_version"}
+     "answer", "answered", "gold", "is_correct", "source", "schema_version"}
 - `prompt` is required (a string, may be empty). `id` is optional: `read_traces` gives a line
   without one the id "{file stem}-{line}". Ids and problem ids may be strings or integers.
 - Steps: a list of objects or of plain strings, or only a `response` string that the segmenter
   splits (its text is kept exactly). Steps without a response: the response is the step texts
   joined by "\\n". Both: each step text is found, in order, inside the response.
 - Labels are 0, 1, true, false or null (1 = hallucinated). Step objects' other keys are dropped.
+- `answered`: did the reply state an answer (`core.data.answers`)? true, false or null
+  (unknown, e.g. files from before version 2). An unanswered chain is never correct.
+- `response` is what the model wrote, unedited: the steps are located inside it, so the text
+  a probe reads teacher-forced is exactly the generated text (see `core.data.steps` for the
+  whitespace between steps).
+- Prefix labels missing from the file are derived from the step labels and `is_correct`
+  (`core.data.prefix_labels`, the paper's convention by default); a reader may ask for every
+  trace's prefix labels to be derived in a named convention instead (`prefix_labels=`).
 - Any other top-level key is kept in `Trace.extra` and written back (e.g. scores added later).
 `read_traces` never raises on bad content: each bad line becomes a `TraceIssue` naming the line
 and the field (unless strict=True, which raises `TraceFileError` listing them).
@@ -23,6 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from core.data.atomic import atomic_path
+from core.data.prefix_labels import (
+    DEFAULT_PREFIX_CONVENTION,
+    check_convention,
+    derive_prefix_labels,
+)
 from core.data.records import FieldError, TraceFileError, TraceIssue, read_records
 from core.data.steps import DEFAULT_SEGMENTER, Segmenter, split_steps
 
@@ -30,9 +43,9 @@ __all__ = ["SCHEMA_VERSION", "FieldError", "Step", "Trace", "TraceFileError", "T
            "TraceLoad", "read_records", "read_traces", "trace_from_dict", "trace_to_dict",
            "traces_to_jsonl", "with_derived_prefix_labels", "write_traces"]
 
-SCHEMA_VERSION = 1
-_KNOWN_KEYS = frozenset({"id", "problem_id", "prompt", "response", "steps", "answer", "gold",
-                         "is_correct", "source", "schema_version"})
+SCHEMA_VERSION = 2  # 2: `answered`; raw responses; prefix labels in the paper's convention
+_KNOWN_KEYS = frozenset({"id", "problem_id", "prompt", "response", "steps", "answer",
+                         "answered", "gold", "is_correct", "source", "schema_version"})
 
 
 @dataclass(frozen=True)
@@ -60,9 +73,12 @@ class Trace:
     is_correct: bool | None = None
     source: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    answered: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
+        if self.answered is False and self.is_correct:
+            raise ValueError(f"Trace '{self.id}': an unanswered chain cannot be correct.")
         for index, step in enumerate(self.steps):
             if self.response[step.start:step.end] != step.text or step.start >= step.end:
                 raise ValueError(f"Trace '{self.id}': step {index} text does not match "
@@ -156,11 +172,12 @@ def _locate(parsed: list[tuple[str, int | None, int | None]], response: str) -> 
 
 
 def trace_from_dict(obj: Mapping[str, Any], segmenter: Segmenter = DEFAULT_SEGMENTER,
-                    default_id: str | None = None) -> Trace:
+                    default_id: str | None = None, prefix_labels: str | None = None) -> Trace:
     """Build a Trace from one decoded JSON object; raises FieldError naming the bad field.
 
-    Prefix labels missing from the file are derived (`with_derived_prefix_labels`): from step
-    labels ("any step so far"), or from `is_correct` alone on the last step.
+    Prefix labels (`with_derived_prefix_labels`): with prefix_labels=None those in the file are
+    kept and missing ones derived in the paper's convention; "paper" or "any-so-far" derives
+    every trace's prefix labels in that convention from its step labels and outcome.
     """
     version = obj.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
@@ -188,16 +205,27 @@ def trace_from_dict(obj: Mapping[str, Any], segmenter: Segmenter = DEFAULT_SEGME
         steps = [Step(response[span.start:span.end], span.start, span.end) for span in spans]
     else:
         raise FieldError("steps", "missing: give 'steps' (a list) or 'response' (a string)")
-    is_correct = obj.get("is_correct")
-    if is_correct is not None and not isinstance(is_correct, bool):
-        got = json.dumps(is_correct, default=repr)
-        raise FieldError("is_correct", f"must be true, false or null, got {got}")
-    return with_derived_prefix_labels(Trace(
+    is_correct, answered = _flag(obj, "is_correct"), _flag(obj, "answered")
+    if answered is False and is_correct:
+        raise FieldError("is_correct", "must not be true for an unanswered chain "
+                                       "(answered is false)")
+    trace = Trace(
         id=trace_id, prompt=obj["prompt"], response=response, steps=tuple(steps),
         problem_id=_text(obj, "problem_id", numbers=True),
         answer=_text(obj, "answer", numbers=True), gold=_text(obj, "gold", numbers=True),
-        is_correct=is_correct, source=_text(obj, "source"),
-        extra={key: value for key, value in obj.items() if key not in _KNOWN_KEYS}))
+        is_correct=is_correct, source=_text(obj, "source"), answered=answered,
+        extra={key: value for key, value in obj.items() if key not in _KNOWN_KEYS})
+    if prefix_labels is None:
+        return with_derived_prefix_labels(trace)
+    return with_derived_prefix_labels(trace, prefix_labels, overwrite=True)
+
+
+def _flag(obj: Mapping[str, Any], name: str) -> bool | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise FieldError(name, f"must be true, false or null, got "
+                               f"{json.dumps(value, default=repr)}")
+    return value
 
 
 def trace_to_dict(trace: Trace) -> dict[str, Any]:
@@ -210,21 +238,25 @@ def trace_to_dict(trace: Trace) -> dict[str, Any]:
              for s in trace.steps]
     return {"id": trace.id, "problem_id": trace.problem_id, "prompt": trace.prompt,
             "response": trace.response, "steps": steps, "answer": trace.answer,
-            "gold": trace.gold, "is_correct": trace.is_correct, "source": trace.source,
-            **trace.extra, "schema_version": SCHEMA_VERSION}
+            "answered": trace.answered, "gold": trace.gold, "is_correct": trace.is_correct,
+            "source": trace.source, **trace.extra, "schema_version": SCHEMA_VERSION}
 
 
 def read_traces(source: str | Path | bytes, *, name: str | None = None,
                 segmenter: Segmenter = DEFAULT_SEGMENTER, strict: bool = False,
-                max_line_bytes: int = 16_000_000) -> TraceLoad:
+                max_line_bytes: int = 16_000_000, prefix_labels: str | None = None
+                ) -> TraceLoad:
     """Read a JSONL trace file (a path, or its bytes); lines are numbered from 1.
 
     Blank lines are skipped. Every other line gives a trace or one TraceIssue: bad bytes, bad
     JSON, not an object, a bad field, an id seen on an earlier line. strict=True raises
-    TraceFileError when there is any issue.
+    TraceFileError when there is any issue. `prefix_labels`: see `trace_from_dict`.
     """
+    if prefix_labels is not None:
+        check_convention(prefix_labels)
     traces, issues, n_lines = read_records(
-        source, lambda obj, default_id: trace_from_dict(obj, segmenter, default_id=default_id),
+        source, lambda obj, default_id: trace_from_dict(obj, segmenter, default_id=default_id,
+                                                        prefix_labels=prefix_labels),
         lambda trace: trace.id, name=name, max_line_bytes=max_line_bytes)
     if strict and issues:
         raise TraceFileError(issues)
@@ -244,29 +276,20 @@ def write_traces(path: str | Path, traces: Iterable[Trace]) -> None:
             handle.write(json.dumps(trace_to_dict(trace), ensure_ascii=False) + "\n")
 
 
-def with_derived_prefix_labels(trace: Trace) -> Trace:
-    """Fill prefix labels from step labels: A^prefix_t = max(A^step_1..t), "any step so far
-    was hallucinated" (null while no 1 has been seen and some label so far is unknown).
+def with_derived_prefix_labels(trace: Trace, convention: str = DEFAULT_PREFIX_CONVENTION,
+                               overwrite: bool = False) -> Trace:
+    """The trace with prefix labels derived from its step labels and is_correct
+    (`core.data.prefix_labels.derive_prefix_labels` in `convention`).
 
-    If is_correct is False the last prefix label is 1; with no step labels at all only the last
-    prefix label is set, from is_correct (outcome supervision). A trace that already has a
-    prefix label, or that has neither step labels nor is_correct, is returned unchanged.
+    A trace that already has a prefix label is returned unchanged unless `overwrite`; one with
+    neither step labels nor is_correct always is (there is nothing to derive from).
     """
-    if any(label is not None for label in trace.prefix_labels):
+    check_convention(convention)
+    if not overwrite and any(label is not None for label in trace.prefix_labels):
         return trace
     if not trace.has_step_labels and trace.is_correct is None:
         return trace
-    prefix: list[int | None] = [None] * trace.n_steps
-    if trace.has_step_labels:
-        seen_one, seen_unknown = False, False
-        for index, label in enumerate(trace.step_labels):
-            seen_one = seen_one or label == 1
-            seen_unknown = seen_unknown or label is None
-            prefix[index] = 1 if seen_one else (None if seen_unknown else 0)
-    if trace.is_correct is False:
-        prefix[-1] = 1
-    elif not trace.has_step_labels:
-        prefix[-1] = 0
+    prefix = derive_prefix_labels(trace.step_labels, trace.is_correct, convention)
     steps = tuple(replace(step, prefix_label=value) for step, value in zip(
         trace.steps, prefix, strict=True))
     return replace(trace, steps=steps)

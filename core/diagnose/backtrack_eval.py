@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.data.arith import answers_match, cot_prompt, extract_answer, generate_problems
+from core.data.answers import reply_is_correct
+from core.data.arith import cot_prompt, generate_problems
 from core.data.stats import wilson_interval
 from core.diagnose.monitor import MonitorConfig, run_monitor
 from core.diagnose.probes import ProbeBundle
@@ -76,7 +77,7 @@ def backtrack_eval(loaded: LoadedModel, bundle: ProbeBundle, config: BacktrackEv
         for arm, result in zip(ARMS, (plain, backtracked, control), strict=True):
             rows.append({
                 "problem_id": problem.problem_id, "arm": arm,
-                "correct": answers_match(extract_answer(result.text), problem.gold),
+                "correct": reply_is_correct(result.text, problem.gold),
                 "tokens_processed": result.tokens_processed,
                 "tokens_generated": result.tokens_generated,
                 "resampled": len(result.discarded), "alarms": result.alarms,
