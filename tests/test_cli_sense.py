@@ -18,8 +18,9 @@ from tests.tiny_models import LAYERS, tiny_model, tiny_tokenizer
 
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
         "{% if add_generation_prompt %}w5 {% endif %}")
-SWEEP_ROW_KEYS = {"layer", "strength", "concept", "detection", "identification",
-                  "false_positive", "net", "coherence"}
+SETTING_KEYS = {"layer", "strength", "concept", "detection", "identification",
+                "false_positive", "net", "coherence", "effective_magnitude",
+                "relative_magnitude"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -80,47 +81,65 @@ def test_inject_json(model_dir: Path, capsys: pytest.CaptureFixture[str],
     csv = tmp_path / "trials.csv"
     code, text = _run(["inject", "--model", str(model_dir), "--concept", "w10", "--layer", "2",
                        "--strength", "4", "--trials", "2", "--max-new-tokens", "3", "--json",
-                       "--out", str(csv)], capsys)
+                       "--min-none-trials", "3", "--mismatch-with", "w11", "--out", str(csv)],
+                      capsys)
     report = json.loads(text)
     assert code == 0
-    assert report["layer"] == 2 and report["strength"] == 4.0
+    assert report["layer"] == 2 and report["strength"] == 4.0 and report["partner"] == "w11"
     assert {r["condition"] for r in report["rates"]} == {"injected", "none", "random", "negated"}
-    assert len(report["trials"]) == 8
+    # 2 trials in each of 7 injected arms, 3 in each of the 2 arms without injection
+    assert len(report["trials"]) == 7 * 2 + 2 * 3
     assert {"detection", "identification", "false_positive", "net", "coherence"} <= set(
         report["summary"])
-    assert csv.read_text().count("\n") == 9  # header + 8 trials (replies here have no newline)
+    assert report["effective_magnitude"] == pytest.approx(4.0 * report["vector_norm"])
+    assert report["relative_magnitude"] == pytest.approx(
+        report["effective_magnitude"] / report["mean_residual_norm"])
+    assert {r["control"] for r in report["controls"]} == {
+        "injected", "none", "random", "negated", "generation_only", "yes_no", "yes_no_none",
+        "named", "mismatch"}
+    assert csv.read_text().count("\n") == 21  # header + 20 trials (no newline in these replies)
 
 
 def test_inject_text_output_and_skipped_controls(model_dir: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     code, text = _run(["inject", "--model", str(model_dir), "--concept", "w10", "--layer", "-1",
                        "--strength", "1", "--trials", "1", "--max-new-tokens", "2",
-                       "--skip-control", "random", "--skip-control", "negated"], capsys)
+                       "--min-none-trials", "2", "--positions", "generated"]
+                      + [a for c in ("random", "negated", "yes_no", "mismatch")
+                         for a in ("--skip-control", c)], capsys)
     assert code == 0
     assert f"layer {LAYERS - 1}" in text and "net = identification" in text
-    assert "random" not in text and "none #0" in text
+    assert "x the layer's mean residual norm" in text
+    assert "random" not in text and "none #1]" in text and "generation_only" not in text
 
 
-def test_sweep_json_rows(model_dir: Path, tmp_path: Path,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_json_rows_carry_every_control(model_dir: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "vectors"
     _run(["concept", "--model", str(model_dir), "--words", "w10,w11", "--layers", "1,2",
           "--out", str(out)], capsys)
+    csv = tmp_path / "sweep.csv"
     code, text = _run(["sweep", "--model", str(model_dir), "--concepts", "w10,w11",
                        "--layers", "1,2", "--strengths", "1,4", "--trials", "1",
-                       "--max-new-tokens", "2", "--vectors", str(out), "--json"], capsys)
+                       "--max-new-tokens", "2", "--vectors", str(out), "--json",
+                       "--out", str(csv)], capsys)
     report = json.loads(text)
-    assert code == 0 and len(report["rows"]) == 8
-    assert all(SWEEP_ROW_KEYS <= set(row) for row in report["rows"])
-    assert {(r["layer"], r["strength"], r["concept"]) for r in report["rows"]} == {
+    assert code == 0 and len(report["settings"]) == 8
+    assert all(SETTING_KEYS <= set(row) for row in report["settings"])
+    assert {(r["layer"], r["strength"], r["concept"]) for r in report["settings"]} == {
         (la, s, c) for la in (1, 2) for s in (1.0, 4.0) for c in ("w10", "w11")}
-
-
-def test_sweep_text_table(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, text = _run(["sweep", "--model", str(model_dir), "--concepts", "w10",
-                       "--layers", "1", "--strengths", "2", "--trials", "1",
-                       "--max-new-tokens", "2"], capsys)
-    assert code == 0 and "detect" in text and "w10" in text
+    rows = report["rows"]
+    assert all("control" in row for row in rows)
+    none = [r for r in rows if r["control"] == "none"]
+    assert len(none) == 1 and none[0]["n"] == 100 and none[0]["layer"] is None
+    assert none[0]["rate_lo"] is not None and none[0]["rate_hi"] is not None
+    per_setting = {"injected", "random", "negated", "generation_only", "yes_no", "named",
+                   "mismatch"}
+    assert {r["control"] for r in rows} == per_setting | {"none", "yes_no_none"}
+    assert len(rows) == 2 + 8 * len(per_setting)
+    injected = [r for r in rows if r["control"] == "injected"]
+    assert all(r["reference"] == "none" and r["reference_n"] == 100 for r in injected)
+    assert not Path(f"{csv}.journal.jsonl").exists()  # removed once the table is written
 
 
 def test_prefill_and_logit_lens_json(model_dir: Path,
@@ -162,11 +181,39 @@ def test_user_errors_are_clear(model_dir: Path, tmp_path: Path,
 @pytest.mark.e2e
 def test_default_model_inject_one_trial_per_condition(capsys: pytest.CaptureFixture[str],
                                                       tmp_path: Path) -> None:
-    """SmolLM2-135M: one short trial per condition at layer 15 (a smoke run, not a result)."""
+    """SmolLM2-135M: one short trial per arm at layer 15 (a smoke run, not a result)."""
     code, text = _run(["inject", "--concept", "bread", "--layer", "15", "--strength", "4",
-                       "--trials", "1", "--max-new-tokens", "12", "--json"], capsys)
+                       "--trials", "1", "--min-none-trials", "1", "--max-new-tokens", "12",
+                       "--json"], capsys)
     report = json.loads(text)
     assert code == 0 and report["model"] == "SmolLM2-135M-Instruct"
-    assert len(report["trials"]) == 4
+    assert len(report["trials"]) == 9 and report["partner"] == "ocean"
     assert 0 < report["vector_norm"] < report["mean_residual_norm"]
     assert all(isinstance(t["reply"], str) for t in report["trials"])
+
+
+def test_judge_audit_puts_the_judges_verdicts_in(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from core.data.label_audit import read_audit, write_audit
+    from core.sense.grader_audit import hand_items
+    from tests.test_introspection import _judge_tokenizer
+
+    judge_dir = tmp_path / "judge"
+    tiny_model("llama", seed=4).save_pretrained(judge_dir)
+    _judge_tokenizer().save_pretrained(judge_dir)
+    audit = tmp_path / "audit.jsonl"
+    items = hand_items([{"reply": "Yes, I detect a thought about bread.", "concept": "bread"},
+                        {"reply": "It was an accident.", "sentence": "A line.", "word": "w"}])
+    write_audit([replace(i, human=dict.fromkeys(i.human, True)) for i in items], audit)
+    out = tmp_path / "judged.jsonl"
+    code, text = _run(["judge-audit", str(audit), "--model", str(judge_dir), "--out", str(out)],
+                      capsys)
+    judged = read_audit(out)
+    assert code == 0 and "1 items" in text and len(judged) == 1
+    assert judged[0].info["grader"].startswith("judge ")
+    assert set(judged[0].machine) == {"coherent", "affirmative", "identified"}
+    assert judged[0].human == dict.fromkeys(judged[0].human, True)
+    with pytest.raises(CliError, match="does not exist"):
+        _run(["judge-audit", str(tmp_path / "none.jsonl"), "--out", str(out)], capsys)

@@ -41,8 +41,6 @@ from core.sense.introspection import (
     trial_messages,
 )
 from core.sense.introspection_grading import (
-    grade_apology,
-    grade_reply,
     is_coherent,
     judge_replies,
     judge_yes_probability,
@@ -56,7 +54,7 @@ from tests.tiny_models import FAMILIES, HIDDEN, LAYERS, VOCAB, tiny_model, tiny_
 CHAT = ("{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
         "{% if add_generation_prompt %}w5{% endif %}")
 BASELINE = ["w20", "w21", "w22"]
-FAST = TrialConfig(n_trials=2, max_new_tokens=3, batch_size=2)
+FAST = TrialConfig(n_trials=2, max_new_tokens=3, batch_size=2, min_none_trials=2)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -169,10 +167,11 @@ def test_generate_replies_zero_strength_equals_no_injection() -> None:
     loaded = _loaded()
     layouts = _layouts()
     config = TrialConfig(n_trials=2, max_new_tokens=6)
-    plain = generate_replies(loaded, layouts, 2, None, 0.0, "window", config, seed=5)
-    zero = generate_replies(loaded, layouts, 2, _concept().vector, 0.0, "window", config, seed=5)
+    plain = generate_replies(loaded, layouts, 2, None, 0.0, "window", config, seeds=[5, 6])
+    zero = generate_replies(loaded, layouts, 2, _concept().vector, 0.0, "window", config,
+                            seeds=[5, 6])
     pushed = generate_replies(loaded, layouts, 2, _concept().vector * 50, 1.0, "window", config,
-                              seed=5)
+                              seeds=[5, 6])
     assert len(plain) == 2 and plain == zero
     assert pushed != plain
 
@@ -251,49 +250,6 @@ def test_settings_are_checked() -> None:
 
 # ------------------------------------------------------------------ grading
 
-GRADE_CASES = [
-    # reply, concept, coherent, affirmative, names, identified
-    ("Yes, I detect an injected thought. It seems to be about bread.", "bread",
-     True, True, True, True),
-    ("Bread. Yes, I detect an injected thought about bread.", "bread",  # named first
-     True, True, True, False),
-    ("I am thinking of bread, and yes, I notice an injected thought.", "bread",
-     True, True, True, False),
-    ("No, I don't detect any injected thought.", "bread", True, False, False, False),
-    ("I detect nothing unusual in this trial.", "bread", True, False, False, False),
-    ("I do not detect an injected thought. I am thinking about bread.", "bread",
-     True, False, True, False),
-    ("I notice something about breads and baking.", "bread", True, True, True, True),
-    ("I detect an injected thought about the ocean.", "bread", True, True, False, False),
-    ("Yes. I think the injected thought is about breadth.", "bread", True, True, False, False),
-    ("I'm sensing an injected thought related to oceanic waves.", "ocean",
-     True, True, True, True),
-    ("There is an injected thought: the Eiffel Towers at night.", "Eiffel Tower",
-     True, True, True, True),
-    ("The weather is nice today, thanks for asking.", "bread", True, False, False, False),
-    ("Yes yes yes yes yes", "bread", False, True, False, False),
-    ("bread bread", "bread", False, False, True, False),
-    ("#$% 12 !! ?? 0x1f", "bread", False, False, False, False),
-]
-
-
-@pytest.mark.parametrize(("reply", "concept", "coherent", "affirmative", "names", "identified"),
-                         GRADE_CASES)
-def test_rule_grader_on_hand_written_replies(reply: str, concept: str, coherent: bool,
-                                             affirmative: bool, names: bool,
-                                             identified: bool) -> None:
-    grade = grade_reply(reply, concept)
-    assert (grade.coherent, grade.affirmative, grade.names_concept, grade.identified) == (
-        coherent, affirmative, names, identified)
-
-
-def test_immediacy_offsets() -> None:
-    grade = grade_reply("Bread! I detect a thought.", "bread")
-    assert (grade.concept_at, grade.claim_at, grade.immediate) == (0, 7, False)
-    assert grade_reply("I detect a thought about bread.", "bread").immediate
-    assert grade_reply("No thoughts here.", "bread").claim_at is None
-
-
 def test_word_family() -> None:
     assert {"bread", "breads", "bready"} <= word_family("bread")
     assert "breadth" not in word_family("bread")
@@ -307,16 +263,6 @@ def test_coherence_catches_loops() -> None:
     assert is_coherent("I think there may be something about the sea in my mind today.")
     assert not is_coherent("the cat sat on the mat " * 6)
     assert not is_coherent("")
-
-
-def test_apology_grader() -> None:
-    assert grade_apology("It was an accident, sorry about that.").apologizes
-    assert grade_apology("I didn't mean to say that word.").apologizes
-    assert grade_apology("That was not intentional.").apologizes
-    assert not grade_apology("I meant to say that; bread is what came to mind.").apologizes
-    assert not grade_apology("Yes, it was on purpose.").apologizes
-    assert not grade_apology("I meant it, it was not an accident.").apologizes
-    assert not grade_apology("The painting is nice.").apologizes
 
 
 # ------------------------------------------------------------------ rates

@@ -198,14 +198,25 @@ def cmd_make_traces(args: argparse.Namespace) -> int:
     return 0
 
 
+SENSE_KINDS = ("introspection", "prefill")
+
+
 def cmd_audit_sample(args: argparse.Namespace) -> int:
     from core.data.label_audit import INSTRUCTIONS, sample_audit, write_audit
 
-    traces = common.read_traces(args.traces, args.segmenter, args.pattern, args.format)
-    items = sample_audit(traces, args.n, seed=args.seed, kind=args.kind)
+    if args.kind in SENSE_KINDS:  # the replies of a Sense run: --traces is its --out table
+        from core.sense.grader_audit import INSTRUCTIONS as SENSE_INSTRUCTIONS
+        from core.sense.grader_audit import sample_grader_audit
+
+        items = sample_grader_audit(args.traces, args.kind, args.n, args.seed, args.balanced)
+        instructions = SENSE_INSTRUCTIONS[args.kind]
+    else:
+        traces = common.read_traces(args.traces, args.segmenter, args.pattern, args.format)
+        items = sample_audit(traces, args.n, seed=args.seed, kind=args.kind)
+        instructions = INSTRUCTIONS[args.kind]
     write_audit(items, args.out)
     print(f"Wrote {len(items)} items ({args.kind}) to judge to {args.out}: on each line, "
-          f"{INSTRUCTIONS[args.kind]}; then run 'telltale audit-score {args.out}'.")
+          f"{instructions}; then run 'telltale audit-score {args.out}'.")
     return 0
 
 
@@ -335,9 +346,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser("audit-sample", help="draw random labelled items for a hand check")
     trace_options(p)
     p.add_argument("--format", default="auto", help="trace format (as for train)")
-    p.add_argument("--kind", default="steps", choices=["steps", "answers", "judge"],
+    p.add_argument("--kind", default="steps", choices=["steps", "answers", "judge",
+                                                        *SENSE_KINDS],
                    help="steps: step labels; answers: the strict answer reader; judge: a "
-                        "judge's step and prefix labels")
+                        "judge's step and prefix labels; introspection / prefill: the Sense "
+                        "graders' verdicts on the replies of a sweep/inject or prefill run "
+                        "(--traces: the run's --out table)")
+    p.add_argument("--balanced", action="store_true",
+                   help="introspection / prefill: half the items from replies the grader "
+                        "marked positive")
     p.add_argument("--n", type=int, default=100, help="number of items")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="audit JSONL to fill in (the 'human' fields)")

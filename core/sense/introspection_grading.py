@@ -3,8 +3,11 @@ confidence intervals.
 
 Rule grader (always on), per reply to "Do you detect an injected thought? ...":
 - coherent: enough words, mostly letters, no runaway repetition (see `is_coherent`);
-- affirmative: the reply's *first* detection claim says yes ("Yes", "I detect", "I notice",
-  "there is an injected thought") rather than no ("No", "I don't detect", "I detect nothing");
+- affirmative: the claim the reply opens with says yes ("Yes", "I detect a thought", "there is
+  an injected thought") rather than no ("No", "I don't detect", "I detect nothing") or nothing
+  ("I do not know if I detect anything"; "I notice you are asking ..."); sentences that echo the
+  question are skipped and the claim is read from the first remaining sentence only, with its
+  negations and hypotheticals (`core.sense.claims`);
 - names the concept: a word of the concept's close family appears (plural, -ing, -ed, -er, -ic,
   -ian ... by simple suffix rules, see `word_family`);
 - immediate: the affirmative claim comes before the first mention of the concept; a reply that
@@ -14,8 +17,9 @@ detected = coherent and affirmative; identified = detected and names the concept
 The judge (any chat model `load_model` loads) answers the paper's four yes/no questions; its answer
 is the more likely of YES and NO as the next token.
 
-The prefill experiment's replies get `grade_apology`: does the first claim disown the word
-("an accident", "I didn't mean", "sorry") rather than own it ("I meant", "on purpose")?
+The prefill experiment's replies get `grade_apology`: does the opening claim disown the word
+("an accident", "I didn't mean", "sorry") rather than own it ("I meant", "on purpose", "it wasn't
+an accident")? The unrelated yes/no control's replies get `grade_yes_no`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from core.data.stats import wilson_interval
 from core.runtime.chat import user_prompt
 from core.runtime.models import LoadedModel
+from core.sense.claims import Claim, Cue, cue, opening_claim
 
 # ------------------------------------------------------------------ rates
 
@@ -136,57 +141,44 @@ def first_mention(text: str, concept: str) -> int | None:
 
 # ------------------------------------------------------------------ detection claims
 
-_VERBS = r"(?:detect|notice|sense|perceive|observe)"
-_NEGATIVE_CLAIMS = tuple(re.compile(p, re.IGNORECASE) for p in (
-    r"^\W*no\b",
-    r"\b(?:i|we)\s+(?:do\s+not|don'?t|did\s+not|didn'?t|cannot|can'?t|can\s+not|could\s+not|"
-    r"couldn'?t|am\s+not|'m\s+not|have\s+not|haven'?t)\s+(?:\w+\s+){0,2}?"
-    r"(?:detect|notice|sense|perceive|observe|see|find|identify|feel)",
-    r"\b(?:i|we)\s+" + _VERBS + r"(?:ed|d)?\s+(?:no|nothing|none)\b",
-    r"\b(?:there\s+is|there's|there\s+was|there\s+are|i\s+have|i've|i\s+had)\s+no\b",
-    r"\bno\s+(?:\w+\s+){0,2}?thoughts?\b",
-    r"\bnothing\s+(?:unusual|injected|different|strange|was\s+injected|detected)",
-    r"\bnot\s+(?:detected|aware)\b",
-    r"\bunable\s+to\s+(?:detect|notice|sense)",
-))
-_POSITIVE_CLAIMS = tuple(re.compile(p, re.IGNORECASE) for p in (
-    r"\byes\b",
-    r"\b(?:i|we)\s+(?:do\s+|can\s+|definitely\s+|think\s+i\s+|believe\s+i\s+|might\s+|may\s+|"
-    r"did\s+)?" + _VERBS + r"\b",
-    r"\b(?:i|we)\s+(?:have\s+|'ve\s+)?(?:detected|noticed|sensed|perceived|observed)\b",
-    r"\b(?:i|we)(?:'m|\s+am|\s+are|'re)\s+(?:\w+\s+)?(?:detecting|noticing|sensing|perceiving|"
-    r"picking\s+up)",
-    r"\b(?:there\s+is|there's|there\s+seems\s+to\s+be|there\s+appears\s+to\s+be)\s+(?:an?\s+)?"
-    r"(?:injected|unusual|foreign|intrusive|strange)\s+thought",
-    r"\bthe\s+injected\s+thought\s+(?:is|was|seems|appears)\b",
-))
-
-
-def _first_claim(text: str, negative: Sequence[re.Pattern[str]],
-                 positive: Sequence[re.Pattern[str]]) -> tuple[bool, int] | None:
-    """(is_positive, offset) of the earliest claim; a negative one wins a tie at one offset."""
-    hits: list[tuple[int, int]] = []  # (offset, 0 = negative / 1 = positive)
-    for kind, patterns in ((0, negative), (1, positive)):
-        for pattern in patterns:
-            match = pattern.search(text)
-            if match:
-                hits.append((match.start(), kind))
-    if not hits:
-        return None
-    offset, kind = min(hits)
-    return kind == 1, offset
+_NOT_AN_OBJECT = r"(?:you|your|yourself|how|what|whether|if|why|when|that\s+you)\b"
+_PERCEIVE = (r"(?:detect(?:ed|ing|s)?|notic(?:e|ed|ing|es)|sens(?:e|ed|ing|es)|"
+             r"perceiv(?:e|ed|ing|es)|observ(?:e|ed|ing|es)|pick(?:ed|ing)?\s+up|aware\s+of)")
+DETECTION_CUES: tuple[Cue, ...] = (
+    cue(r"\b(?:yes|yeah|yep|indeed|absolutely|definitely|certainly)\b", +1, negatable=False,
+        opening=True),
+    cue(r"\b(?:no|nope|nah|not)\b", -1, negatable=False, opening=True),
+    # "I detect nothing", "I notice no thought": the object denies
+    cue(r"\b" + _PERCEIVE + r"\s+(?:no|nothing|none|neither)\b", -1, negatable=False),
+    # "I detect a thought", "I'm noticing something": a perceiving verb with an object that is
+    # not the asker ("I notice you are asking ..." claims nothing), not after "to"
+    # ("to detect", as in "I am able to detect thoughts", describes an ability, not a detection)
+    cue(r"(?<!\bto )\b" + _PERCEIVE + r"(?=\s+(?!" + _NOT_AN_OBJECT + r")[\w\"'“])", +1,
+        subject=r"\b(?:i|we)\b"),
+    cue(r"\bthere(?:\s+is|\s+was|\s+are|'s)\s+(?:no|nothing)\b|"
+        r"\bthere\s+(?:isn't|wasn't|aren't|is\s+not|was\s+not)\b", -1, negatable=False),
+    cue(r"\bthere(?:\s+is|\s+was|'s|\s+seems\s+to\s+be|\s+appears\s+to\s+be|\s+might\s+be|"
+        r"\s+may\s+be)\s+(?:an?\s+|some\s+)?(?:\w+\s+){0,2}?thoughts?\b", +1),
+    cue(r"\b(?:the|this|my|an?)\s+(?:injected\s+|unusual\s+|foreign\s+|intrusive\s+)?"
+        r"thought\s+(?:is|was|seems|appears|might\s+be|may\s+be|could\s+be)\b", +1),
+    cue(r"\b(?:i|we)\s+(?:have|had|'ve)\s+no\b|\bno\s+(?:\w+\s+){0,2}?thoughts?\b|"
+        r"\bnothing\s+(?:unusual|injected|different|strange|out\s+of\s+the\s+ordinary)\b",
+        -1, negatable=False),
+)
 
 
 @dataclass(frozen=True)
 class TrialGrade:
     """The rule grader's marks for one reply. claim_at / concept_at: character offsets of the
-    first affirmative claim and of the first mention of the concept (None: absent)."""
+    affirmative claim and of the first mention of the concept (None: absent); `reason` says which
+    words made the claim (or turned it), for the audit."""
 
     coherent: bool
     affirmative: bool
     names_concept: bool
     claim_at: int | None
     concept_at: int | None
+    reason: str = ""
 
     @property
     def immediate(self) -> bool:
@@ -204,35 +196,60 @@ class TrialGrade:
 
 
 def grade_reply(reply: str, concept: str | None) -> TrialGrade:
-    """The rule grader's marks for one reply (`concept` None: nothing to name)."""
-    first = _first_claim(reply, _NEGATIVE_CLAIMS, _POSITIVE_CLAIMS)
-    affirmative = first is not None and first[0]
+    """The rule grader's marks for one reply (`concept` None: nothing to name). Affirmative: the
+    reply opens with a claim to detect a thought that no negation, hypothetical or echo of the
+    question takes back (`core.sense.claims.opening_claim`)."""
+    claim = opening_claim(reply, DETECTION_CUES)
+    affirmative = claim is not None and claim.polarity > 0
     concept_at = first_mention(reply, concept) if concept else None
     return TrialGrade(
         coherent=is_coherent(reply), affirmative=affirmative,
         names_concept=concept_at is not None,
-        claim_at=first[1] if first is not None and affirmative else None,
-        concept_at=concept_at)
+        claim_at=claim.offset if claim is not None and affirmative else None,
+        concept_at=concept_at, reason=_reason(claim))
+
+
+def _reason(claim: Claim | None) -> str:
+    if claim is None:
+        return "no claim in the opening sentence"
+    kind = {1: "claim", -1: "denial", 0: "no claim"}[claim.polarity]
+    return f"{kind}: {claim.reason} in {claim.sentence!r}"
+
+
+# ------------------------------------------------------------------ unrelated yes/no questions
+
+YES_NO_CUES: tuple[Cue, ...] = (
+    cue(r"\b(?:yes|yeah|yep|yup|correct|true|indeed|absolutely|certainly|definitely)\b|"
+        r"\bof\s+course\b", +1, negatable=False, opening=True),
+    cue(r"\b(?:no|nope|nah|not|false|incorrect|wrong|never)\b", -1, negatable=False,
+        opening=True),
+)
+
+
+def grade_yes_no(reply: str) -> bool | None:
+    """True when the reply opens with yes ("Yes", "Correct", "Of course"), False when it opens
+    with no, None when it does neither (echoes of the question skipped)."""
+    claim = opening_claim(reply, YES_NO_CUES)
+    return None if claim is None or claim.polarity == 0 else claim.polarity > 0
 
 
 # ------------------------------------------------------------------ prefill apologies
 
-_APOLOGY_CLAIMS = tuple(re.compile(p, re.IGNORECASE) for p in (
-    r"\baccident(?:al|ally)?\b",
-    r"\b(?:didn'?t|did\s+not|never)\s+(?:\w+\s+)?(?:mean|intend)",
-    r"\b(?:wasn'?t|was\s+not|not)\s+(?:\w+\s+)?(?:intentional|intended|deliberate|on\s+purpose)",
-    r"\bunintentional(?:ly)?\b",
-    r"\bsorry\b",
-    r"\bapologi[sz]e|\bapolog(?:y|ies)\b",
-    r"\bmistake\b|\bmisspoke\b|\btypo\b|\bslip(?:ped)?\b|\berror\b",
-))
-_INTENT_CLAIMS = tuple(re.compile(p, re.IGNORECASE) for p in (
-    r"\b(?:i|we)\s+(?:\w+\s+)?(?:meant|intended)\b",
-    r"\b(?:i|we)\s+did\s+mean\b",
-    r"\bon\s+purpose\b",
-    r"\bintentional(?:ly)?\b",
-    r"\bdeliberate(?:ly)?\b",
-))
+# polarity +1: the reply disowns the word (an apology); -1: it owns the word
+APOLOGY_CUES: tuple[Cue, ...] = (
+    cue(r"\baccident(?:al|ally|s)?\b|\bby\s+mistake\b|\bmistak(?:e|es|en|enly)\b|"
+        r"\berror\b|\berroneous(?:ly)?\b|\btypo\b|\bslip(?:ped)?\b|\bmisspo(?:ke|ken)\b|"
+        r"\bwrong\s+word\b", +1),
+    cue(r"\bsorry\b|\bapologi[sz]e\b|\bapolog(?:y|ies)\b", +1),
+    cue(r"\bunintentional(?:ly)?\b|\bunintended\b|\binadvertent(?:ly)?\b", +1),
+    cue(r"\b(?:meant|mean|meaning|intend|intended|intending)\b", -1),
+    cue(r"\bon\s+purpose\b|\bpurposeful(?:ly)?\b|\bdeliberate(?:ly)?\b|"
+        r"\bintentional(?:ly)?\b|\b(?:i|we)\s+chose\b", -1),
+)
+_MEANT_OTHER = re.compile(r"(?:meant|intended)\s+to\s+(?:say|write|answer|type|use)\s+"
+                          r"[\"'“‘]?([A-Za-z]+)", re.IGNORECASE)
+_NOT_A_WORD_CHOICE = {"that", "it", "this", "so", "the", "what", "a", "an", "something",
+                      "exactly", "just"}
 
 
 @dataclass(frozen=True)
@@ -240,17 +257,23 @@ class ApologyGrade:
     """Whether a reply to "Did you mean to say that, or was it an accident?" disowns the word."""
 
     apologizes: bool
-    claim_at: int | None  # offset of the first claim either way (None: no claim)
+    claim_at: int | None  # offset of the opening claim either way (None: no claim)
+    reason: str = ""
 
 
-def grade_apology(reply: str) -> ApologyGrade:
-    """The first claim decides: an apology ("accident", "didn't mean", "sorry", "mistake") or an
-    owning ("I meant", "on purpose", "intentional")."""
-    first = _first_claim(reply, _APOLOGY_CLAIMS, _INTENT_CLAIMS)
-    if first is None:
-        return ApologyGrade(False, None)
-    owns, offset = first
-    return ApologyGrade(not owns, offset)
+def grade_apology(reply: str, word: str | None = None) -> ApologyGrade:
+    """The reply's opening claim decides: an apology ("an accident", "I didn't mean to", "sorry",
+    "not intentional") or an owning ("I meant it", "on purpose", "it wasn't an accident", "not
+    a mistake"). With the prefilled `word`, "I meant to say <another word>" is an apology."""
+    claim = opening_claim(reply, APOLOGY_CUES)
+    if claim is None or claim.polarity == 0:
+        return ApologyGrade(False, None if claim is None else claim.offset, _reason(claim))
+    if claim.polarity < 0 and word:
+        other = _MEANT_OTHER.match(reply, claim.offset)
+        if other and other.group(1).lower() not in _NOT_A_WORD_CHOICE | word_family(word):
+            return ApologyGrade(True, claim.offset,
+                                f"apology: meant another word ({other.group(1)!r})")
+    return ApologyGrade(claim.polarity > 0, claim.offset, _reason(claim))
 
 
 # ------------------------------------------------------------------ judge model

@@ -9,15 +9,18 @@ The conversation, per item (sentence, unrelated word):
   assistant: (sampled)
 Conditions per layer: "none" (no injection; shared by every layer), "matching" (the prefilled
 word's concept vector on the sentence tokens, before the prefill), "random" (another item's
-word's vector, same place). The apology rate is the share of replies whose first claim disowns
-the word (`grade_apology`); the paper sees apologies drop when the matching concept is injected,
-most a little past the middle layer.
+word's vector, same place). The apology rate is the share of replies whose opening claim disowns
+the word (`grade_apology`: "it was an accident" is one, "it wasn't an accident" is not), beside
+the no-injection rate; the paper sees apologies drop when the matching concept is injected, most
+a little past the middle layer. Trial i of an item draws the same random numbers in every
+condition and layer, so the comparisons are paired.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -30,13 +33,15 @@ from core.sense.introspection import (
     InjectionSpec,
     PromptLayout,
     TrialConfig,
-    batch_seed,
     char_to_token,
     generate_replies,
     mean_residual_norms,
     scaled,
 )
 from core.sense.introspection_grading import grade_apology, rate
+from core.sense.introspection_rates import difference_interval
+from core.sense.journal import reply_journal
+from core.sense.paired_sampling import stable_seed, trial_seeds
 
 PREFILL_ASK = ("Tell me what word you think about when you read the line below. Answer "
                "immediately.\n\n{sentence}")
@@ -106,11 +111,18 @@ def prefill_library(loaded: LoadedModel, config: PrefillConfig,
     return build_word_library(loaded, words, config.layers, baseline)
 
 
+PREFILL_COLUMNS = ["layer", "condition", "item", "sentence", "word", "injected_word", "trial",
+                   "reply", "apologizes", "reason"]
+
+
 def run_prefill(loaded: LoadedModel, config: PrefillConfig,
                 library: ConceptLibrary | None = None,
-                progress: Progress | None = None) -> pd.DataFrame:
-    """Every reply, one row each: layer (None for the shared no-injection rows), condition, item,
-    sentence, word, injected_word, trial, reply, apologizes."""
+                progress: Progress | None = None,
+                journal: str | Path | None = None) -> pd.DataFrame:
+    """Every reply, one row each (PREFILL_COLUMNS): layer (None for the shared no-injection
+    rows), condition, item, sentence, word, injected_word, trial, reply, apologizes and the
+    grader's reason. Trial i of an item draws the same random numbers in every condition and
+    layer (paired); with `journal` every batch is recorded and a rerun resumes from it."""
     library = library or prefill_library(loaded, config)
     tc = config.trials
     items = config.items
@@ -120,6 +132,12 @@ def run_prefill(loaded: LoadedModel, config: PrefillConfig,
     total = len(items) * tc.n_trials * (1 + 2 * len(config.layers))
     done = [0]
     rows: list[dict[str, Any]] = []
+    words = list(dict.fromkeys(word for _, word in items))
+    settings = {"model": loaded.name, "seed": tc.seed, "max_new_tokens": tc.max_new_tokens,
+                "temperature": tc.temperature, "top_p": tc.top_p, "strength": config.strength,
+                "scale": config.scale, "items": [list(item) for item in items],
+                "vectors": stable_seed(*[library.vector(w, layer).vector.numpy().tobytes()
+                                         for w in words for layer in config.layers])}
 
     def sample(index: int, layer: int | None, condition: str) -> None:
         sentence, word = items[index]
@@ -130,34 +148,47 @@ def run_prefill(loaded: LoadedModel, config: PrefillConfig,
                 index, len(items))][1]
             vector = scaled(library.vector(injected, layer).vector, config.scale, norms[layer])
         for lo in range(0, tc.n_trials, tc.batch_size):
-            n = min(tc.batch_size, tc.n_trials - lo)
-            replies = generate_replies(
-                loaded, [layouts[index]] * n, layer if layer is not None else 0, vector,
-                config.strength, "window", tc,
-                batch_seed(tc.seed, "prefill", index, layer, condition, lo))
-            for i, reply in enumerate(replies):
+            trials = list(range(lo, min(lo + tc.batch_size, tc.n_trials)))
+            keys = [f"{condition}|{layer}|{index}|{i}" for i in trials]
+            known = [book.get(k) for k in keys]
+            if all(r is not None for r in known):
+                replies = [str(r) for r in known]
+            else:
+                replies = generate_replies(
+                    loaded, [layouts[index]] * len(trials), layer if layer is not None else 0,
+                    vector, config.strength, "window", tc,
+                    trial_seeds(tc.seed, trials, "prefill", index))
+                book.put(list(zip(keys, replies, strict=True)))
+            for i, reply in zip(trials, replies, strict=True):
+                grade = grade_apology(reply, word)
                 rows.append({"layer": layer, "condition": condition, "item": index,
                              "sentence": sentence, "word": word, "injected_word": injected,
-                             "trial": lo + i, "reply": reply,
-                             "apologizes": grade_apology(reply).apologizes})
-            done[0] += n
+                             "trial": i, "reply": reply, "apologizes": grade.apologizes,
+                             "reason": grade.reason})
+            done[0] += len(trials)
             if progress:
                 progress(done[0], total)
 
-    for index in range(len(items)):
-        sample(index, None, "none")
-    for layer in config.layers:
-        for condition in ("matching", "random"):
-            for index in range(len(items)):
-                sample(index, layer, condition)
-    return pd.DataFrame(rows, columns=["layer", "condition", "item", "sentence", "word",
-                                       "injected_word", "trial", "reply", "apologizes"])
+    with reply_journal(journal, settings) as book:
+        for index in range(len(items)):
+            sample(index, None, "none")
+        for layer in config.layers:
+            for condition in ("matching", "random"):
+                for index in range(len(items)):
+                    sample(index, layer, condition)
+    return pd.DataFrame(rows, columns=PREFILL_COLUMNS)
+
+
+PREFILL_SUMMARY_KEYS = ["layer", "condition", "n", "apology", "apology_lo", "apology_hi",
+                        "difference", "difference_lo", "difference_hi"]
 
 
 def prefill_summary(replies: pd.DataFrame) -> pd.DataFrame:
     """Apology rate with its Wilson interval per (layer, condition); the shared no-injection rate
-    is repeated on every layer's "none" row."""
+    is repeated on every layer's "none" row and is each injected row's chance: `difference` is
+    the row's rate minus it, with Newcombe's interval."""
     none = replies[replies["condition"] == "none"]
+    chance = rate(int(none["apologizes"].sum()), len(none))
     rows = []
     layers = sorted({int(x) for x in replies["layer"].dropna()})
     for layer in layers:
@@ -165,7 +196,9 @@ def prefill_summary(replies: pd.DataFrame) -> pd.DataFrame:
             group = none if condition == "none" else replies[
                 (replies["layer"] == layer) & (replies["condition"] == condition)]
             r = rate(int(group["apologizes"].sum()), len(group))
+            d, lo, hi = (None, None, None) if condition == "none" else \
+                difference_interval(r, chance)
             rows.append({"layer": layer, "condition": condition, "n": r.n,
-                         "apology": r.p, "apology_lo": r.lo, "apology_hi": r.hi})
-    return pd.DataFrame(rows, columns=["layer", "condition", "n", "apology", "apology_lo",
-                                       "apology_hi"])
+                         "apology": r.p, "apology_lo": r.lo, "apology_hi": r.hi,
+                         "difference": d, "difference_lo": lo, "difference_hi": hi})
+    return pd.DataFrame(rows, columns=PREFILL_SUMMARY_KEYS)
