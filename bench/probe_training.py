@@ -4,8 +4,10 @@ By default the features are synthetic (Gaussian, hidden size 576, chains of 4-12
 planted hallucination direction), so the figure measures the training code, not a capture; pass
 --capture DIR (a `telltale capture` or `telltale train --capture` folder) to time real
 captured features instead: its chains are taken in order and repeated until --steps are
-reached (a folder with more steps is cut there). Prints the time to fit the step probe, the
-prefix tracker (20 epochs), and scoring throughput, last.
+reached (a folder with more steps is cut there). Prints the time to fit the step probe (LBFGS
+with the strong-Wolfe line search, and whether it converged), the prefix tracker (20 epochs),
+the text-only classifier (TF-IDF + logistic regression, one C, on synthetic calculation lines,
+one per step), and scoring throughput, last.
 
     python bench/probe_training.py [--steps 20000] [--capture DIR --layer L]
 """
@@ -22,6 +24,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.diagnose.probes import ChainFeatures, TrackerConfig, fit_logistic, train_tracker  # noqa: E402
+from core.diagnose.text_baseline import fit_text_classifier  # noqa: E402
+
+
+def synthetic_texts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Calculation lines like a chain's steps; label 1 when the stated result is off."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(2, 60, n), rng.integers(2, 20, n)
+    wrong = rng.random(n) < 0.3
+    texts = [f"{x} + {y} = {x + y + int(w) * int(rng.choice([-2, -1, 1, 2]))}"
+             for x, y, w in zip(a, b, wrong, strict=True)]
+    return texts, wrong.astype(int)
 
 
 def synthetic(n_steps: int, hidden: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -87,8 +100,17 @@ def main() -> None:
     for c in chains:
         tracker.scores(c[0])
     t_score += time.perf_counter() - start
-    print(f"step probe fit (LBFGS, 100 iterations): {t_step:.2f} s")
+    texts, text_labels = synthetic_texts(len(x))
+    start = time.perf_counter()
+    text_model = fit_text_classifier(texts, text_labels, c=1.0)
+    t_text = time.perf_counter() - start
+    fit = step_probe.fit
+    assert fit is not None
+    print(f"step probe fit (LBFGS strong Wolfe, at most 100 iterations): {t_step:.2f} s "
+          f"({fit.n_iter} iterations, {'converged' if fit.converged else 'NOT converged'})")
     print(f"prefix tracker fit (BCE start + 20 epochs): {t_tracker:.2f} s")
+    print(f"text-only classifier fit ({len(texts):,} texts, "
+          f"{sum(len(b.vocabulary) for b in text_model.blocks):,} n-grams): {t_text:.2f} s")
     print(f"scoring both probes: {len(x) / t_score:,.0f} steps/s")
 
 

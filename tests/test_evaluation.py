@@ -280,3 +280,16 @@ def test_answer_accuracy_counts_an_unanswered_trace_as_wrong() -> None:
     assert (found.n, found.n_answered, found.n_correct) == (4, 2, 1)
     assert found == accuracy_with_chance(["7", None, "5", None], ["7", "7", "9", "9"],
                                          ["p0", "p0", "p1", "p1"], 4, 2)
+
+
+def test_a_traces_system_message_is_part_of_the_teacher_forced_prompt() -> None:
+    from core.diagnose.encode import encode_trace
+
+    tokenizer = tiny_tokenizer(CHAT)
+    plain = trace_from_dict({"id": "t", "prompt": "w10", "steps": ["w20 w21"]})
+    with_system = trace_from_dict({"id": "t", "prompt": "w10", "steps": ["w20 w21"],
+                                   "system": "w30 w31"})
+    ids = tokenizer("w3 w30 w31 w4 w3 w10 w4 w5 w20 w21", add_special_tokens=False)["input_ids"]
+    encoded = encode_trace(tokenizer, with_system)
+    assert list(encoded.input_ids) == ids and encoded.step_spans == ((8, 10),)
+    assert len(encode_trace(tokenizer, plain).input_ids) == 6

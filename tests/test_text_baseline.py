@@ -4,6 +4,7 @@ probe file (numbers in safetensors, vocabulary in the sidecar, older files witho
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -90,6 +91,7 @@ def test_chain_so_far_joins_steps_up_to_each() -> None:
     assert chain_so_far([]) == []
 
 
+@functools.cache
 def _baseline() -> TextBaseline:
     chains, step_labels, prefix_labels = [], [], []
     texts, labels = _texts(240, 4)

@@ -14,8 +14,10 @@ An error is one of: a false result ("7 * 2 = 15"), an invented number (an operan
 neither in the problem nor an earlier result, "7 + 4 = 11" where the problem adds 3; the
 arithmetic is right), or a wrong operation ("7 + 2 = 9" where the problem doubles). A
 confirmation step that restates an earlier correct line in the same words a correction uses
-("Let me check: 4 + 3 = 7.") appears in half the chains without a correction, so the presence
-of a check is no clue to the outcome. Every chain ends with an answer line "Answer: N".
+("Let me check: 4 + 3 = 7.") appears in half the clean chains and three quarters of the
+carried ones, so that three quarters of the chains that end right and of those that end wrong
+hold a check line: its presence, and the chain's length, are no clue to the outcome. Every
+chain ends with an answer line "Answer: N".
 
 Labels, exact by construction (the paper's conventions):
 - step label 1 on the error step only (a carried value is not a new error; a correction, a
@@ -44,6 +46,11 @@ from core.data.traces import SCHEMA_VERSION, Trace, trace_from_dict, write_trace
 SOURCE = "telltale-read-chains"
 ERROR_KINDS = ("false_result", "invented_number", "wrong_operation")
 CHECK_LEADS = ("Wait, ", "Let me check: ", "Check: ")
+# Chances of a confirmation line: a right chain holds a check line with probability
+# (CONFIRM_CLEAN + 1) / 2 (half are corrected, and a correction is a check line), a wrong one
+# with CONFIRM_CARRIED; equal, so a check line says nothing about the outcome.
+CONFIRM_CLEAN = 0.5
+CONFIRM_CARRIED = 0.75
 _OPS = "+-*/"
 
 Line = tuple[str, int, int, int]  # (op, a, b, stated result)
@@ -235,8 +242,8 @@ def chains_for_problem(problem: ArithProblem, seed: int) -> list[ReadChain]:
     if rng.random() < 0.5:
         right = corrected_chain(rng, problem, right_error)
     else:
-        right = clean_chain(rng, problem, confirm=rng.random() < 0.5)
-    wrong = carried_chain(rng, problem, wrong_error, confirm=rng.random() < 0.5)
+        right = clean_chain(rng, problem, confirm=rng.random() < CONFIRM_CLEAN)
+    wrong = carried_chain(rng, problem, wrong_error, confirm=rng.random() < CONFIRM_CARRIED)
     return [right, wrong]
 
 

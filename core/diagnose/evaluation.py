@@ -196,12 +196,9 @@ def _ranking(chains: Sequence[ScoredChain], step_of: Any, prefix_of: Any) -> Ran
     return Ranking(step_auroc, step_auprc, prefix_auroc, auroc(y, s))
 
 
-def _present(chains: Sequence[ScoredChain], level: str) -> list[str]:
-    """Baselines that every chain has scores for at `level` ("step" or "prefix")."""
-    def has(c: ScoredChain, name: str) -> bool:
-        return name in (c.baselines_step if level == "step" else c.baselines_prefix)
-
-    return [n for n in BASELINE_NAMES if all(has(c, n) for c in chains)]
+def _present(chains: Sequence[ScoredChain]) -> list[str]:
+    """Baselines with prefix-level scores in every chain (step-level scores may be missing)."""
+    return [n for n in BASELINE_NAMES if all(n in c.baselines_prefix for c in chains)]
 
 
 def problem_groups(chains: Sequence[ScoredChain]) -> list[np.ndarray]:
@@ -227,7 +224,7 @@ def ranking_intervals(chains: Sequence[ScoredChain], n_resamples: int = 1000,
     "lead": {name: {"step_auroc": [lo, hi], "final_auroc": ...}}}; an interval the data cannot
     support is None.
     """
-    names = _present(chains, "prefix")
+    names = _present(chains)
     series: dict[str, tuple[Any, Any]] = {PROBE_NAME: (lambda c: c.step_scores,
                                                        lambda c: c.prefix_scores)}
     for name in names:
@@ -290,8 +287,7 @@ def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
     given at it and at the paper's 0.5. `final_counts` holds the final step's class counts,
     which say how far the final-prefix AUROC can be trusted; with `n_resamples` > 0,
     `intervals` holds `ranking_intervals` (resampling problems). `answers`: the accuracy of
-    the chains' stated answers with its chance rate (`core.data.answers.trace_accuracy`),
-    reported as given."""
+    the chains' stated answers with its chance rate (`answer_accuracy`), reported as given."""
     if not chains:
         raise ValueError("No chain to evaluate.")
     step_f1 = None
@@ -302,7 +298,7 @@ def evaluation_report(chains: Sequence[ScoredChain], threshold: float = 0.5,
     finals = [c.prefix_labels[-1] for c in chains if not np.isnan(c.prefix_labels[-1])]
     baselines = {name: _ranking(chains, lambda c, n=name: c.baselines_step.get(n),
                                 lambda c, n=name: c.baselines_prefix[n])
-                 for name in _present(chains, "prefix")}
+                 for name in _present(chains)}
     metric_chains = [
         ChainScores(prefix_scores=c.prefix_scores, prefix_labels=c.prefix_labels.astype(int),
                     step_labels=None if np.isnan(c.step_labels).any()

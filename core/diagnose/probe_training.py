@@ -24,6 +24,7 @@ from core.diagnose.feature_store import CaptureSet
 from core.diagnose.metrics import calibrate_threshold
 from core.diagnose.probes import (
     LAST_TOKEN_POOLING,
+    PROBE_PARTS,
     ChainFeatures,
     LinearProbe,
     ProbeBundle,
@@ -101,8 +102,7 @@ def _fit_known(features: np.ndarray, labels: np.ndarray, l2: float, seed: int,
 def _fits(bundle: ProbeBundle) -> dict[str, Any]:
     """How each part's LBFGS fit ended (the tracker: its BCE start), for the sidecar."""
     out = {}
-    for name in ("step", "tracker", "baseline_step", "baseline_prefix", "last_token_step",
-                 "last_token_prefix"):
+    for name in PROBE_PARTS:
         probe: LinearProbe | None = getattr(bundle, name)
         if probe is not None and probe.fit is not None:
             out["tracker_start" if name == "tracker" else name] = asdict(probe.fit)

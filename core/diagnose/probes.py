@@ -311,8 +311,8 @@ class ProbeBundle:
                 f"{hidden_size}; train a probe for this model with `telltale train`.")
 
 
-_PARTS = ("step", "tracker", "baseline_step", "baseline_prefix", "last_token_step",
-          "last_token_prefix")
+PROBE_PARTS = ("step", "tracker", "baseline_step", "baseline_prefix",  # the linear parts
+               "last_token_step", "last_token_prefix")
 
 
 def probe_paths(path: str | Path) -> tuple[Path, Path]:
@@ -326,7 +326,7 @@ def probe_to_bytes(bundle: ProbeBundle) -> tuple[bytes, bytes]:
     """(weights as safetensors bytes, the JSON sidecar's bytes): the two files of a probe."""
     tensors: dict[str, torch.Tensor] = {}
     extra_inputs: dict[str, int] = {}
-    for name in _PARTS:
+    for name in PROBE_PARTS:
         probe = getattr(bundle, name)
         if probe is not None:
             tensors[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(probe.weight))
@@ -414,7 +414,7 @@ def probe_from_bytes(weights: bytes, sidecar: bytes, name: str = "probe") -> Pro
                          f"({type(err).__name__}: {first}); a probe is the .safetensors file "
                          "and the .json sidecar that `telltale train` writes.") from None
     parts: dict[str, LinearProbe] = {}
-    for part in _PARTS:
+    for part in PROBE_PARTS:
         if f"{part}.weight" not in tensors:
             continue
         weight, bias = tensors[f"{part}.weight"], tensors.get(f"{part}.bias")
