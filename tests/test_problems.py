@@ -110,3 +110,16 @@ def test_arith_set_round_trips_through_gsm8k_shape(tmp_path: Path) -> None:
         [(p.id, p.question, p.gold, p.solution) for p in problems]
     first = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])
     assert set(first) == {"id", "question", "answer"} and "####" in first["answer"]
+
+
+def test_the_shipped_problem_file_is_what_its_command_writes() -> None:
+    path = Path(__file__).resolve().parents[1] / "sample_traces" / "arith_problems.jsonl"
+    meta = json.loads(path.with_suffix(".meta.json").read_text())
+    arguments = meta["arguments"]
+    expected = arith_problem_set(arguments["n"], seed=arguments["seed"],
+                                 min_ops=arguments["min_ops"], max_ops=arguments["max_ops"],
+                                 max_number=arguments["max_number"])
+    assert len(expected) == 200 and read_problems(path) == [
+        Problem(p.id, p.question, p.gold, p.solution) for p in expected]
+    assert meta["regenerate"].startswith("telltale make-problems --out "
+                                         "sample_traces/arith_problems.jsonl")
