@@ -138,6 +138,23 @@ def test_judge_labels_terminal_consistency_and_no_second_asking(loaded, tmp_path
     assert StepVerdict(True, False).wrong
 
 
+def test_unparsable_verdicts_leave_null_labels(loaded, tmp_path, monkeypatch) -> None:
+    class Mumbler:
+        name = "mumbler"
+
+        def complete(self, messages, max_tokens):
+            return "All steps look fine to me."
+
+    monkeypatch.setattr(sd, "sample_replies", lambda *a, **k: ["2 + 2 = 4\n#### 4"])
+    summary = make_traces(loaded, [Problem("p0", "What is 2 + 2?", "4")], tmp_path / "m.jsonl",
+                          MakeTracesConfig(n=1, step_labels="judge", judge_attempts=2),
+                          judge=Mumbler())
+    [trace] = read_traces(tmp_path / "m.jsonl").traces
+    assert trace.step_labels == [None, None] and trace.prefix_labels == [None, 0]
+    assert summary.n_judge_failed == 1 and summary.n_judge_requests == 2
+    assert trace.extra["judge"]["verdicts"] == "unparsed"
+
+
 def test_interrupted_run_resumes_with_the_same_text(loaded, tmp_path, monkeypatch) -> None:
     problems = arith_problem_set(4)
     make_traces(loaded, problems, tmp_path / "full.jsonl", SMALL)

@@ -50,7 +50,14 @@ from core.data.answers import (
 from core.data.arith import find_numbers, label_steps
 from core.data.atomic import atomic_write_text
 from core.data.journal import Journal
-from core.data.judge import JudgeBackend, JudgeItem, JudgePrompt, JudgeRun, judge_items
+from core.data.judge import (
+    JudgeBackend,
+    JudgeItem,
+    JudgePrompt,
+    JudgeResult,
+    JudgeRun,
+    judge_items,
+)
 from core.data.prefix_labels import check_convention, derive_prefix_labels
 from core.data.problems import Problem
 from core.data.prompting import DEFAULT_PROMPT, PromptSpec
@@ -205,6 +212,50 @@ def _rule_labels(chain: _Chain) -> tuple[list[int | None], dict[str, Any]]:
     return [c.label for c in checks], {"label_reasons": [c.reason for c in checks]}
 
 
+def _judged_labels(result: JudgeResult, is_correct: bool | None, convention: str
+                   ) -> tuple[list[int | None], list[int | None] | None, bool]:
+    """(step labels, prefix labels or None to derive them, whether the last prefix verdict
+    contradicted the outcome) from a judge's verdicts."""
+    if result.verdicts is None:
+        return [], None, False
+    labels: list[int | None] = [int(v.wrong) for v in result.verdicts]
+    if convention != "paper":
+        return labels, None, False
+    prefix: list[int | None] = [int(v.wrong_path) for v in result.verdicts]
+    if is_correct is None:
+        return labels, prefix, False
+    fixed = prefix[-1] != int(not is_correct)
+    prefix[-1] = int(not is_correct)  # terminal consistency
+    return labels, prefix, fixed
+
+
+def _record(chain: _Chain, outcome: dict[str, Any], config: MakeTracesConfig,
+            labeller: str, result: JudgeResult | None) -> tuple[dict[str, Any], bool]:
+    """The trace record of one chain, labelled; and whether a judge's last prefix verdict was
+    overruled by the outcome."""
+    extra: dict[str, Any] = {"system": config.prompt.system} if config.prompt.system else {}
+    labels: list[int | None] = [None] * len(chain.steps)
+    prefix: list[int | None] | None = None
+    fixed = False
+    if config.step_labels == "rule":
+        labels, more = _rule_labels(chain)
+        extra.update(more)
+    elif result is not None:
+        extra["judge"] = {"key": result.key, "error": result.error,
+                          "verdicts": "ok" if result.verdicts else "unparsed"}
+        judged, prefix, fixed = _judged_labels(result, outcome["is_correct"],
+                                               config.prefix_labels)
+        labels = judged or labels
+    if prefix is None:
+        prefix = derive_prefix_labels(labels, outcome["is_correct"], config.prefix_labels)
+    return {
+        "id": f"{chain.problem.id}-c{chain.index}", "problem_id": chain.problem.id,
+        "prompt": config.prompt.user_message(chain.problem.question), "response": chain.reply,
+        "steps": [{"text": text, "label": label, "prefix_label": pre}
+                  for text, label, pre in zip(chain.steps, labels, prefix, strict=True)],
+        **outcome, "source": config.source, "step_labeller": labeller, **extra}, fixed
+
+
 def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Path,
                 config: MakeTracesConfig = MakeTracesConfig(),
                 judge: JudgeBackend | None = None, judge_prompt: JudgePrompt | None = None,
@@ -218,6 +269,7 @@ def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Pat
     if config.step_labels == "judge" and judge is None:
         raise ValueError("Step labels by a judge need a judge model.")
     out = Path(out)
+    judge_prompt = (judge_prompt or JudgePrompt.load()) if judge is not None else None
     reader = config.reader(problems)
     replies, n_sampled = sample_chains(loaded, problems, out, config, reader, progress)
     chains, n_empty = [], 0
@@ -230,43 +282,20 @@ def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Pat
                              tuple(reply[s.start:s.end] for s in spans)))
     outcomes = [_outcome(chain, reader) for chain in chains]
     run: JudgeRun | None = None
+    labeller = config.step_labels
     if config.step_labels == "judge":
-        assert judge is not None
-        prompt = judge_prompt or JudgePrompt.load()
+        assert judge is not None and judge_prompt is not None
         items = [JudgeItem(c.problem.question, c.steps, o["gold"], o["answer"])
                  for c, o in zip(chains, outcomes, strict=True)]
-        run = judge_items(judge, prompt, items, out.with_name(out.stem + ".judge.jsonl"),
+        run = judge_items(judge, judge_prompt, items, out.with_name(out.stem + ".judge.jsonl"),
                           config.judge_attempts, config.judge_workers, judge_progress)
-    labeller = f"judge:{judge.name}" if run is not None and judge is not None \
-        else config.step_labels
+        labeller = f"judge:{judge.name}"
     records, fixed = [], 0
     for number, (chain, outcome) in enumerate(zip(chains, outcomes, strict=True)):
-        extra: dict[str, Any] = {"system": config.prompt.system} if config.prompt.system else {}
-        labels: list[int | None] = [None] * len(chain.steps)
-        prefix: list[int | None] | None = None
-        if config.step_labels == "rule":
-            labels, more = _rule_labels(chain)
-            extra.update(more)
-        elif run is not None:
-            result = run.results[number]
-            extra["judge"] = {"key": result.key, "error": result.error,
-                              "verdicts": "ok" if result.verdicts else "unparsed"}
-            if result.verdicts is not None:
-                labels = [int(v.wrong) for v in result.verdicts]
-                if config.prefix_labels == "paper":
-                    prefix = [int(v.wrong_path) for v in result.verdicts]
-                    if outcome["is_correct"] is not None:
-                        fixed += prefix[-1] != int(not outcome["is_correct"])
-                        prefix[-1] = int(not outcome["is_correct"])
-        if prefix is None:
-            prefix = derive_prefix_labels(labels, outcome["is_correct"], config.prefix_labels)
-        records.append({
-            "id": f"{chain.problem.id}-c{chain.index}", "problem_id": chain.problem.id,
-            "prompt": config.prompt.user_message(chain.problem.question),
-            "response": chain.reply,
-            "steps": [{"text": text, "label": label, "prefix_label": pre}
-                      for text, label, pre in zip(chain.steps, labels, prefix, strict=True)],
-            **outcome, "source": config.source, "step_labeller": labeller, **extra})
+        record, overruled = _record(chain, outcome, config, labeller,
+                                    run.results[number] if run else None)
+        records.append(record)
+        fixed += overruled
     traces = [trace_from_dict(record, config.segmenter) for record in records]
     groups = _split(traces, out, config.test_share, config.seed)
     labelled = [label for t in traces for label in t.step_labels if label is not None]
@@ -275,9 +304,9 @@ def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Pat
                    if k not in ("prompt", "answers", "segmenter")},
                 "prompt": config.prompt.as_dict(), "answers": reader.as_dict(),
                 "segmenter": asdict(config.segmenter),
-                "judge": None if judge is None else {
-                    "name": judge.name,
-                    "prompt_sha256": (judge_prompt or JudgePrompt.load()).sha256}}
+                "judge": None if judge is None or judge_prompt is None else {
+                    "name": judge.name, "prompt": judge_prompt.source,
+                    "prompt_sha256": judge_prompt.sha256}}
     summary = MakeTracesSummary(
         files=tuple(groups), n_problems=len(problems), n_chains=len(traces), n_empty=n_empty,
         n_sampled=n_sampled,
