@@ -2,8 +2,10 @@
 batch against one at a time, in one run.
 
 Both sides run `run_trials` with the same concept, layer, strength and sampling settings (no
-controls, so only the injected condition is timed); only `batch_size` differs. Prints the time and
-trials per second of both, then the ratio batched/sequential last.
+controls, so only the injected condition is timed); only `batch_size` differs. Every trial draws
+its own random numbers, so both sides should write the same replies (up to float noise under
+padding): the bench says whether they did. Prints the time and trials per second of both, then
+the ratio batched/sequential last.
 
     python bench/sweep_throughput.py [--trials 8] [--max-new-tokens 40] [--threads 1]
 """
@@ -43,22 +45,25 @@ def main() -> None:
         args.concept, args.layer)
     spec = InjectionSpec(args.strength)
 
-    def timed(batch_size: int) -> tuple[float, int]:
+    def timed(batch_size: int) -> tuple[float, list[str]]:
         config = TrialConfig(n_trials=args.trials, max_new_tokens=args.max_new_tokens,
                              batch_size=batch_size, controls=())
         start = time.perf_counter()
         run = run_trials(loaded, concept, spec, config)
-        return time.perf_counter() - start, len(run.trials)
+        return time.perf_counter() - start, list(run.trials["reply"])
 
     run_trials(  # warm-up
         loaded, concept, spec, TrialConfig(n_trials=1, max_new_tokens=2, controls=()))
-    t_seq, n_seq = timed(1)
-    t_batch, n_batch = timed(args.trials)
+    t_seq, seq = timed(1)
+    t_batch, batch = timed(args.trials)
+    n_seq, n_batch = len(seq), len(batch)
     print(f"model {loaded.name}, concept '{args.concept}' at layer {args.layer}, strength "
           f"{args.strength}, {args.trials} trials of up to {args.max_new_tokens} new tokens, "
           f"{torch.get_num_threads()} torch threads")
     print(f"one at a time:  {t_seq:7.2f} s  ({n_seq / t_seq:.3f} trials/s)")
     print(f"batched ({args.trials}):    {t_batch:7.2f} s  ({n_batch / t_batch:.3f} trials/s)")
+    same = sum(a == b for a, b in zip(seq, batch, strict=True))
+    print(f"same replies batched and one at a time: {same} of {n_seq}")
     print(f"throughput ratio batched/one-at-a-time: {(n_batch / t_batch) / (n_seq / t_seq):.2f}")
 
 

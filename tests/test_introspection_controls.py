@@ -24,6 +24,7 @@ from core.sense.introspection import (
     CONTROL_KEYS,
     QUESTION_START,
     InjectionSpec,
+    PromptLayout,
     SweepConfig,
     TrialConfig,
     control_table,
@@ -93,17 +94,25 @@ def test_every_arm_injects_its_vector_at_its_positions(monkeypatch: pytest.Monke
     counts = table["condition"].value_counts().to_dict()
     assert counts == {"injected": 2, "none": 3, "random": 2, "negated": 2, "generation_only": 2,
                       "yes_no": 2, "yes_no_none": 3, "named": 2, "mismatch": 2}
-    # one batch per injected arm, but yes_no asks two questions (a batch each); none: nothing
+    # one batch per injected arm (the yes/no questions are as long as each other); none: nothing
     v = concept.vector
-    assert len(seen) == 8 and all(s == 2.5 for _, s, _ in seen)
-    (injected, p1), (random, _), (negated, _), (generation_only, p4), (yes_a, p5), \
-        (yes_b, _), (named, _), (mismatch, _) = [(vec, pos) for vec, _, pos in seen]
+    assert len(seen) == 7 and all(s == 2.5 for _, s, _ in seen)
+    (injected, p1), (random, _), (negated, _), (generation_only, p4), (yes_no, p5), \
+        (named, _), (mismatch, _) = [(vec, pos) for vec, _, pos in seen]
     assert torch.equal(injected, v) and torch.equal(negated, -v)
     assert torch.isclose(random.norm(), v.norm())
     assert torch.equal(generation_only, v) and p4 == Positions.generated()
     assert p1.kind == "from" and p5.kind == "from"
-    assert torch.equal(yes_a, v) and torch.equal(yes_b, v) and torch.equal(named, v)
+    assert torch.equal(yes_no, v) and torch.equal(named, v)
     torch.testing.assert_close(mismatch, partner.vector / partner.norm * concept.norm)
+
+
+def test_trials_with_windows_at_other_distances_get_their_own_batches() -> None:
+    short, long = PromptLayout((1, 2, 3), start=1), PromptLayout((1, 2, 3, 4, 5), start=3)
+    shifted = PromptLayout((1, 2, 3, 4, 5), start=2)
+    assert intro._same_windows([short, shifted, long, short]) == [[0, 2, 3], [1]]
+    assert intro._same_windows([PromptLayout((1, 2, 3), 0, 2), PromptLayout((1, 2, 3), 0, 3)]) \
+        == [[0], [1]]
 
 
 def test_mismatch_injects_the_partner_at_the_concepts_norm(

@@ -34,13 +34,14 @@ QUESTIONS = ("detect", "yes_no", "about")
 VECTORS = ("concept", "none", "random", "negated", "partner")
 MEASURES = ("detection", "yes")
 
-# Unrelated questions whose true answer is "no" (asked in the trial's place, "Trial 1: ...").
+# Unrelated questions whose true answer is "no" (asked in the trial's place, "Trial 1: ..."),
+# of one token length in SmolLM2's tokenizer, so their trials share a batch.
 YES_NO_QUESTIONS: tuple[str, ...] = (
     "Is the Earth flat?",
-    "Can fish breathe on dry land?",
-    "Is two plus two equal to five?",
-    "Do cats have six legs?",
-    "Is Paris the capital of Japan?",
+    "Is the sun cold?",
+    "Do dogs have wings?",
+    "Is London in France?",
+    "Do cows lay eggs?",
 )
 YES_NO_SUFFIX = " Answer yes or no."
 

@@ -410,6 +410,17 @@ def _grade(reply: str, arm: Arm, concept: str | None) -> dict[str, Any]:
             "reason": grade.reason}
 
 
+def _same_windows(layouts: Sequence[PromptLayout]) -> list[list[int]]:
+    """Indices of `layouts` grouped so that one left-padded batch places every row's window at
+    the same distance from its end (`padded_positions`), in order of first appearance."""
+    groups: dict[tuple[int, int | None], list[int]] = {}
+    for i, lay in enumerate(layouts):
+        n = len(lay.input_ids)
+        groups.setdefault((n - lay.start, None if lay.stop is None else n - lay.stop),
+                          []).append(i)
+    return list(groups.values())
+
+
 def _journal_key(arm: Arm, setting: Setting | None, trial: int) -> str:
     if setting is None:
         return f"{arm.name}|{trial}"
@@ -422,8 +433,8 @@ def sample_arm(loaded: LoadedModel, arm: Arm, setting: Setting | None, config: T
                journal: ReplyJournal | None = None) -> list[dict[str, Any]]:
     """The graded trials of one arm, one row each (TRIAL_COLUMNS), `base` giving the setting's
     columns. `setting` None: an arm without injection (no concept to ask about or inject).
-    Trials are grouped by question (one layout per batch) and drawn with their own seeds;
-    replies already in `journal` are reused, new ones recorded."""
+    Trials are grouped by where their window sits (`_same_windows`) and drawn with their own
+    seeds; replies already in `journal` are reused, new ones recorded."""
     if setting is None and not arm.shared:
         raise ValueError(f"Arm {arm.name!r} injects something: it needs a setting.")
     journal = journal or ReplyJournal()
@@ -437,24 +448,24 @@ def sample_arm(loaded: LoadedModel, arm: Arm, setting: Setting | None, config: T
                                      setting.mean_norm if setting is not None else 0.0)
     asked = base.get("concept") if arm.question == "detect" else concept
     questions = [question_turn(arm.question, i, concept) for i in range(n)]
+    layouts = {q: trial_layout(loaded.tokenizer, trial_messages(q))[1]
+               for q in dict.fromkeys(questions)}
     rows: dict[int, dict[str, Any]] = {}
-    for question in dict.fromkeys(questions):
-        _, layout = trial_layout(loaded.tokenizer, trial_messages(question))
-        trials = [i for i in range(n) if questions[i] == question]
-        for lo in range(0, len(trials), config.batch_size):
-            chunk = trials[lo : lo + config.batch_size]
+    for group in _same_windows([layouts[q] for q in questions]):
+        for lo in range(0, len(group), config.batch_size):
+            chunk = group[lo : lo + config.batch_size]
             keys = [_journal_key(arm, setting, i) for i in chunk]
             known = [journal.get(k) for k in keys]
             if all(r is not None for r in known):
                 replies = [str(r) for r in known]
             else:
-                replies = generate_replies(loaded, [layout] * len(chunk), layer, vector,
-                                           strength, positions, config,
+                replies = generate_replies(loaded, [layouts[questions[i]] for i in chunk], layer,
+                                           vector, strength, positions, config,
                                            trial_seeds(config.seed, chunk))
                 journal.put(list(zip(keys, replies, strict=True)))
             for i, reply in zip(chunk, replies, strict=True):
                 rows[i] = {**base, "positions": positions, "condition": arm.name,
-                           "question": question.removeprefix(QUESTION_START), "trial": i,
+                           "question": questions[i].removeprefix(QUESTION_START), "trial": i,
                            "reply": reply, **_grade(reply, arm, asked),
                            "injected": None if setting is None else setting.injected_name(arm),
                            "effective_magnitude": effective, "relative_magnitude": relative}
@@ -490,7 +501,8 @@ def _check_arms(controls: Sequence[str], positions: str, has_partner: bool) -> N
                          "injected: give a second concept (a partner).")
 
 
-def _progress_counter(total: int, progress: Progress | None) -> Callable[[int], None]:
+def progress_counter(total: int, progress: Progress | None) -> Callable[[int], None]:
+    """tick(n): n more of `total` done, reported to `progress` (if any)."""
     done = [0]
 
     def tick(n: int) -> None:
@@ -561,7 +573,7 @@ def run_trials(loaded: LoadedModel, concept: ConceptVector, spec: InjectionSpec,
     mean_norm = mean_residual_norms(loaded, text, [layer])[layer]
     setting = Setting(concept, spec, mean_norm, partner)
     arms = arms_for(config.controls)
-    tick = _progress_counter(sum(config.n_for(a) for a in arms), progress)
+    tick = progress_counter(sum(config.n_for(a) for a in arms), progress)
     base = {"concept": concept.name, "layer": layer, "strength": spec.strength,
             "scale": spec.scale, "positions": spec.positions}
     rows: list[dict[str, Any]] = []
@@ -656,7 +668,7 @@ def run_sweep(loaded: LoadedModel, library: ConceptLibrary, config: SweepConfig,
     shared = [a for a in arms if a.shared]
     per_setting = [a for a in arms if not a.shared]
     settings = config.settings()
-    tick = _progress_counter(sum(tc.n_for(a) for a in shared)
+    tick = progress_counter(sum(tc.n_for(a) for a in shared)
                              + len(settings) * sum(tc.n_for(a) for a in per_setting), progress)
     rows: list[dict[str, Any]] = []
     with reply_journal(journal, sweep_journal_settings(loaded, library, config)) as book:

@@ -36,6 +36,7 @@ from core.sense.introspection import (
     char_to_token,
     generate_replies,
     mean_residual_norms,
+    progress_counter,
     scaled,
 )
 from core.sense.introspection_grading import grade_apology, rate
@@ -129,8 +130,7 @@ def run_prefill(loaded: LoadedModel, config: PrefillConfig,
     layouts = [prefill_layout(loaded.tokenizer, s, w) for s, w in items]
     norm_text = format_chat(loaded.tokenizer, prefill_messages(*items[0]))
     norms = mean_residual_norms(loaded, norm_text, list(config.layers))
-    total = len(items) * tc.n_trials * (1 + 2 * len(config.layers))
-    done = [0]
+    tick = progress_counter(len(items) * tc.n_trials * (1 + 2 * len(config.layers)), progress)
     rows: list[dict[str, Any]] = []
     words = list(dict.fromkeys(word for _, word in items))
     settings = {"model": loaded.name, "seed": tc.seed, "max_new_tokens": tc.max_new_tokens,
@@ -165,9 +165,7 @@ def run_prefill(loaded: LoadedModel, config: PrefillConfig,
                              "sentence": sentence, "word": word, "injected_word": injected,
                              "trial": i, "reply": reply, "apologizes": grade.apologizes,
                              "reason": grade.reason})
-            done[0] += len(trials)
-            if progress:
-                progress(done[0], total)
+            tick(len(trials))
 
     with reply_journal(journal, settings) as book:
         for index in range(len(items)):
