@@ -5,12 +5,13 @@ A reply is cut into sentences (at ". ! ?" before a space or the end, and at line
 sentence into clauses (at ", ; : ( )" and before "but"/"however"). Then:
 
 - echoes are dropped: a sentence that is a question (ends with "?"), is quoted, or talks about the
-  question ("you are asking", "your question", "Trial 1:") repeats the prompt, it claims nothing;
+  question ("you are asking", "your question") repeats the prompt, it claims nothing;
 - fillers are skipped: a sentence of at most FILLER_WORDS words with no cue ("Hmm.", "Okay.");
 - the claim is taken from the first remaining sentence only (the paper's immediacy rule: the
   answer comes first; a "yes" trailing in the fourth sentence of a ramble is not an answer);
-- in that sentence the first clause holding a cue decides; a cue is a regular expression with a
-  polarity (+1 / -1), and for a negatable cue the words before it in its clause can turn it:
+- in that sentence the first clause holding a cue decides (a weak cue, a courtesy "sorry",
+  yields to a later clause's cue); a cue is a regular expression with a polarity (+1 / -1), and
+  for a negatable cue the words before it in its clause can turn it:
   "if", "whether", "not sure" make it no claim (a hypothetical), "no", "not", "n't", "never"
   flip it ("I don't detect" is a denial, "it wasn't an accident" owns the word).
 
@@ -35,7 +36,6 @@ ECHO_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
     r"\byour\s+question\b",
     r"\bthe\s+question\b",
     r"\b(?:asking|asked)\s+(?:me\s+)?(?:about|whether|if)\b",
-    r"^\W*trial\s+\d+\s*:",
     r"\bdo\s+you\s+detect\b",
     r"\bdid\s+you\s+mean\b",
 ))
@@ -60,20 +60,22 @@ class Cue:
     negator and voided by a hedge before it in its clause; `opening` cues count only as the first
     word of their sentence (after interjections such as "well" or "oh"); a cue with `subject`
     claims nothing unless that pattern occurs before it in its clause ("I detect" claims, "you
-    detect" does not)."""
+    detect" does not); a `weak` cue (a courtesy such as "sorry") yields to a cue in a later
+    clause of its sentence ("Sorry, but I meant it" owns the word)."""
 
     pattern: re.Pattern[str]
     polarity: int
     negatable: bool = True
     opening: bool = False
     subject: re.Pattern[str] | None = None
+    weak: bool = False
 
 
 def cue(pattern: str, polarity: int, negatable: bool = True, opening: bool = False,
-        subject: str | None = None) -> Cue:
+        subject: str | None = None, weak: bool = False) -> Cue:
     """A case-insensitive `Cue`."""
     return Cue(re.compile(pattern, re.IGNORECASE), polarity, negatable, opening,
-               None if subject is None else re.compile(subject, re.IGNORECASE))
+               None if subject is None else re.compile(subject, re.IGNORECASE), weak)
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,9 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
+# words that may come before an opening "yes" or "no" ("Trial" as in a "Trial 1:" label)
 _INTERJECTIONS = {"well", "oh", "ah", "hmm", "um", "uh", "okay", "ok", "so", "actually",
-                  "honestly", "sure", "alright", "great", "hi", "hello", "sorry"}
+                  "honestly", "sure", "alright", "great", "hi", "hello", "sorry", "trial"}
 
 
 def _opening_offset(clause: Span, sentence: Span) -> int | None:
@@ -157,12 +160,8 @@ def _cue_hits(clause: Span, sentence: Span, cues: Sequence[Cue]) -> list[tuple[i
     return sorted(hits, key=lambda h: (h[0], h[1].polarity))  # a denial wins a tie
 
 
-def read_clause(clause: Span, sentence: Span, cues: Sequence[Cue]) -> Claim | None:
-    """The claim of the clause's first cue (None: no cue), turned by what precedes it."""
-    hits = _cue_hits(clause, sentence, cues)
-    if not hits:
-        return None
-    at, item = hits[0]
+def _turned(clause: Span, sentence: Span, at: int, item: Cue) -> Claim:
+    """The claim of `item` found at `at` in the clause, turned by what precedes it there."""
     before = clause.text[:at]
     matched = item.pattern.search(clause.text[at:])
     reason = repr(matched.group() if matched else clause.text[at:])
@@ -191,9 +190,19 @@ def opening_claim(reply: str, cues: Sequence[Cue]) -> Claim | None:
             continue
         if len(_words(sentence.text)) <= FILLER_WORDS and not has_cue(sentence.text, cues):
             continue
+        weak: Claim | None = None
         for clause in clauses(sentence):
-            claim = read_clause(clause, sentence, cues)
-            if claim is not None:
+            hits = _cue_hits(clause, sentence, cues)
+            if not hits:
+                continue
+            claim = _turned(clause, sentence, *hits[0])
+            if not hits[0][1].weak:
                 return claim
-        return None
+            weak = weak or claim
+        return weak
     return None
+
+
+def is_echo_at(reply: str, offset: int) -> bool:
+    """Whether the character at `offset` lies in a sentence that echoes the question."""
+    return any(s.start <= offset < s.end and is_echo(s.text) for s in sentences(reply))
