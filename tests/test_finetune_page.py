@@ -16,6 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.common.jobs import Board, Job
+from dashboard.common.runs import with_model
 from dashboard.control import compare_panel, scan_panel, token_panel
 from dashboard.control import page as finetune
 from dashboard.control import state as fs
@@ -243,7 +244,7 @@ def test_compare_request_round_trips_and_names_its_job(monkeypatch: pytest.Monke
     plain = json.loads(json.dumps(request.to_state()))
     assert fs.CompareRequest.from_state(plain) == request
     assert fs.CompareRequest.from_state({**plain, "steps": None, "extra": 1}) is None
-    assert request.with_model(("x", "cpu", "auto")).model == ("x", "cpu", "auto")
+    assert with_model(request)(("x", "cpu", "auto")).model == ("x", "cpu", "auto")
     board = Board()
     monkeypatch.setattr(fs, "board", lambda: board)
     monkeypatch.setattr(fs, "finetune_compare", lambda *a, **k: "table")

@@ -32,6 +32,7 @@ SAMPLE_FOLDER = REPO_ROOT / "sample_traces"
 MODEL_CHOICE_KEY = "model_choice"  # session state: (spec, device, dtype) of the loaded model
 
 ModelKey = tuple[str, str, str]  # (spec, device, dtype): names a model in caches and requests
+NO_MODEL: ModelKey = ("", "", "")  # a request's model before a press fills it in
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def content_hash(data: bytes) -> str:
 
 
 __all__ = [
-    "MODEL_CHOICE_KEY", "REPO_ROOT", "SAMPLE_FOLDER", "ModelChoice", "ModelKey", "content_hash",
-    "current_model", "get_model", "load_error_sentence", "model_choice", "model_key",
-    "set_model_choice",
+    "MODEL_CHOICE_KEY", "NO_MODEL", "REPO_ROOT", "SAMPLE_FOLDER", "ModelChoice", "ModelKey",
+    "content_hash", "current_model", "get_model", "load_error_sentence", "model_choice",
+    "model_key", "set_model_choice",
 ]

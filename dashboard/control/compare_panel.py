@@ -15,7 +15,8 @@ from core.control.finetune import METHODS
 from core.control.finetune_data import FinetuneExample
 from dashboard.common import state
 from dashboard.common.jobs import Job, board
-from dashboard.common.runs import Run
+from dashboard.common.runs import Run, with_model
+from dashboard.common.state import NO_MODEL
 from dashboard.common.widgets import FileChoice, choose_file, report_issues, table_download
 from dashboard.control import charts as cf
 from dashboard.control import state as fs
@@ -67,7 +68,7 @@ def compare_settings(file_hash: str, general_hash: str) -> fs.CompareRequest | N
                            help="train LoRA adapters (peft) instead of every weight"
                            if peft else "needs the peft package (pip install peft)")
     request = fs.CompareRequest(
-        model=("", "", ""), train_hash=file_hash,
+        model=NO_MODEL, train_hash=file_hash,
         general_hash=general_hash, methods=tuple(str(m) for m in methods), steps=int(steps),
         batch_size=int(batch), lora=bool(lora and peft), max_eval=int(max_eval),
         lr=None if lr == "default" else float(str(lr)))
@@ -155,7 +156,7 @@ def compare_section(file_hash: str, train: list[FinetuneExample], stem: str) -> 
     start_pressed(train, general_load.examples)
     job = board().get(st.session_state.get(COMPARE_JOB_KEY))
     running = job is not None and job.running
-    COMPARE.button(None if request is None or running else request.with_model)
+    COMPARE.button(None if request is None or running else with_model(request))
     if job is None:
         return
     if job.running:

@@ -14,7 +14,7 @@ scans cached per model, file and settings, and comparison runs working in backgr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +178,6 @@ class CompareRequest:
                              max_tokens=self.max_tokens, max_eval=self.max_eval,
                              target_new_tokens=self.target_new_tokens,
                              general_new_tokens=self.general_new_tokens)
-
-    def with_model(self, model: ModelKey) -> CompareRequest:
-        return replace(self, model=model)
 
     @property
     def key(self) -> str:

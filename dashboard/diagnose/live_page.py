@@ -19,8 +19,8 @@ from core.diagnose.monitor import MonitorConfig
 from core.diagnose.probes import ProbeBundle, probe_paths
 from dashboard.common import state
 from dashboard.common.jobs import Job, board
-from dashboard.common.runs import Run
-from dashboard.common.state import ModelKey
+from dashboard.common.runs import Run, with_model
+from dashboard.common.state import NO_MODEL
 from dashboard.diagnose import live_state
 from dashboard.diagnose import probe_state as dstate
 from dashboard.diagnose.live_state import LiveRequest
@@ -261,15 +261,11 @@ def render() -> None:
     start_pressed(probe)
     job = current_job()
     running = job is not None and job.running
-    make = None
+    asked = None  # what Start would ask for (the model is the one the press loads)
     if probe is not None and config is not None and prompt.strip() and not running:
-        probe_file, settings = probe[0], config
-
-        def make(model: ModelKey) -> LiveRequest:
-            return LiveRequest(model, prompt, probe_file.hash, probe_file.name, settings)
-
+        asked = LiveRequest(NO_MODEL, prompt, probe[0].hash, probe[0].name, config)
     start_col, stop_col, note_col = st.columns([1, 1, 4])
-    START.button(make, where=start_col, width="stretch")
+    START.button(None if asked is None else with_model(asked), where=start_col, width="stretch")
     stop_col.button("Stop", width="stretch", disabled=not running, on_click=stop_current_job)
     loaded = state.current_model()  # drawn on every run, so no stale note stays behind
     note_col.caption("No model loaded yet: **Start** loads the one typed in the sidebar."
