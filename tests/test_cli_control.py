@@ -50,6 +50,9 @@ def test_eaft_stats_json(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
         assert sum(q[column] for q in quadrants.values()) == pytest.approx(1.0)
     assert report["conflict_fraction"] == quadrants["confident_conflict"]["token_share"]
     assert report["thresholds"]["mode"] == "percentile" and report["k"] == 5
+    verdict = report["suitability"]
+    assert verdict["verdict"] in {"suits", "partly", "does_not_suit"} and verdict["reason"]
+    assert (verdict["p_cut"], verdict["h_cut"]) == (0.1, 0.2)  # absolute, whatever is shown
     table = pd.read_csv(tokens)
     assert len(table) == 24 and {"weight_sft", "weight_eaft", "p", "top_token"} <= set(table)
     assert (table["weight_sft"] == 1.0).all()
@@ -67,6 +70,32 @@ def test_eaft_stats_text_and_absolute_thresholds(tmp_path: Path, tiny, monkeypat
     # p <= 1 and H~ <= 1.01 hold for every token: all are conflicts
     assert "confident conflicts: 100.00%" in out
     assert "confident_conflict" in out and "EAFT grad" in out
+    assert "Suitability: " in out
+
+
+def test_eaft_stats_exports_trainer_fragments(tmp_path: Path, tiny, monkeypatch,
+                                              capsys) -> None:
+    yaml = pytest.importorskip("yaml")
+    data = _write(tmp_path / "ft.jsonl", 3)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eaft-stats", "--data", str(data), "--export", "axolotl", "--k", "8",
+                 "--alpha", "2"]) == 0
+    assert "Wrote the axolotl config fragment to eaft_axolotl.yaml" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "eaft_axolotl.yaml").read_text()) == {
+        "use_eaft": True, "eaft_alpha": 2.0, "eaft_k": 8}
+    out = tmp_path / "lf.yaml"
+    assert main(["eaft-stats", "--data", str(data), "--export", "llamafactory",
+                 "--export-out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["export"] == {"format": "llamafactory", "path": str(out)}
+    assert yaml.safe_load(out.read_text())["use_eaft_loss"] is True
+    assert f"{data}: " in out.read_text()  # the verdict is recorded with the data
+    assert main(["eaft-stats", "--data", str(data), "--export", "trl"]) == 0
+    compile((tmp_path / "eaft_trl.py").read_text(), "eaft_trl.py", "exec")
+    # a K that LLaMA-Factory cannot take fails before the model loads, as one sentence
+    assert main(["eaft-stats", "--data", str(data), "--export", "llamafactory",
+                 "--k", "10"]) == 2
+    assert "no K setting" in capsys.readouterr().err
 
 
 def test_eaft_stats_errors_are_one_sentence(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
@@ -86,31 +115,55 @@ def test_finetune_compare_json_and_csv(tmp_path: Path, tiny, monkeypatch, capsys
     train = _write(tmp_path / "train.jsonl", 8)
     general = _write(tmp_path / "general.jsonl", 4, offset=100)
     out = tmp_path / "table.csv"
+    journal = tmp_path / "runs.jsonl"
     code = main(["finetune-compare", "--train", str(train), "--general", str(general),
-                    "--steps", "2", "--batch-size", "2", "--lr", "1e-2",
-                    "--methods", "sft,eaft,sft_lr_matched", "--target-new-tokens", "3",
-                    "--general-new-tokens", "3", "--json", "--out", str(out)])
+                 "--steps", "4", "--eval-every", "2", "--batch-size", "2", "--lr", "1e-2",
+                 "--methods", "sft,eaft", "--repeats", "2", "--target-new-tokens", "3",
+                 "--general-new-tokens", "3", "--json", "--out", str(out),
+                 "--journal", str(journal)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert [row["method"] for row in report["rows"]] == ["base", "sft", "eaft",
-                                                          "sft_lr_matched"]
+    assert [row["method"] for row in report["rows"]] == ["base", "sft", "eaft"] * 2
     assert report["rows"][0]["mean_gate"] is None  # NaN for the base, null in JSON
-    eaft = report["rows"][2]
-    assert report["rows"][3]["lr"] == pytest.approx(1e-2 * eaft["mean_gate"])
+    assert report["config"]["seeds"] == [0, 1] and report["config"]["learning_rate"] == 1e-2
+    assert len(report["curves"]) == 2 * 2 * 3  # seeds x methods x (steps 0, 2, 4)
+    assert len(report["levels"]) == 1
+    summary = {row["method"]: row for row in report["summary"]}
+    assert set(summary) == {"sft", "eaft"} and summary["eaft"]["n_seeds"] == 2
+    assert {"d_general_loss_mean", "d_general_loss_sd", "d_theta_mean"} <= set(summary["sft"])
+    assert report["differences"][0]["method"] == "eaft"
     table = pd.read_csv(out)
-    assert table["method"].tolist() == ["base", "sft", "eaft", "sft_lr_matched"]
+    assert table["method"].tolist() == ["base", "sft", "eaft"] * 2
     assert table["target_loss"].to_numpy() == pytest.approx(
         [row["target_loss"] for row in report["rows"]])
+    assert len(journal.read_text().splitlines()) == 1 + 2 * 3
+    # text output: the matched table first
+    assert main(["finetune-compare", "--train", str(train), "--general", str(general),
+                 "--steps", "4", "--eval-every", "2", "--batch-size", "2", "--lr", "1e-2",
+                 "--methods", "sft,eaft", "--repeats", "2", "--target-new-tokens", "3",
+                 "--general-new-tokens", "3", "--journal", str(journal)]) == 0
+    text = capsys.readouterr().out
+    assert "target-loss reduction (mean ± sd [min, max] over seeds" in text
+    assert "After the last step" in text
 
 
 def test_parser_building_imports_no_torch_and_lists_every_method() -> None:
     import subprocess
     import sys
 
-    from core.cli.control import COMPARE_METHODS
-    from core.control.finetune import METHODS
+    from core.cli.control import (
+        COMPARE_METHODS,
+        DEFAULT_COMPARE_METHODS,
+        EXPORT_FORMATS,
+        OPTIMIZERS,
+    )
+    from core.control.export import EXPORT_FORMATS as CORE_FORMATS
+    from core.control.finetune import DEFAULT_METHODS, METHODS
+    from core.control.finetune import OPTIMIZERS as CORE_OPTIMIZERS
 
     assert COMPARE_METHODS == ",".join(METHODS)
+    assert DEFAULT_COMPARE_METHODS == ",".join(DEFAULT_METHODS)
+    assert (EXPORT_FORMATS, OPTIMIZERS) == (CORE_FORMATS, CORE_OPTIMIZERS)
     code = ("import argparse, sys; from core.cli.control import register; "
             "p = argparse.ArgumentParser(); register(p.add_subparsers()); "
             "print('torch' in sys.modules)")
@@ -123,13 +176,31 @@ def test_finetune_compare_rejects_bad_methods(tmp_path: Path, tiny, monkeypatch,
                                               capsys) -> None:
     train = _write(tmp_path / "train.jsonl", 4)
     code = main(["finetune-compare", "--train", str(train), "--general", str(train),
-                    "--methods", "sft,sft_lr_matched"])
+                 "--methods", "sft,eaft,sft_lr_matched"])
+    assert code == 2
+    assert "only with the SGD optimizer" in capsys.readouterr().err
+    code = main(["finetune-compare", "--train", str(train), "--general", str(train),
+                 "--methods", "sft,sft_lr_matched", "--optimizer", "sgd"])
     assert code == 2
     assert "put 'eaft' before it" in capsys.readouterr().err
+    code = main(["finetune-compare", "--train", str(train), "--general", str(train),
+                 "--match-at", "half"])
+    assert code == 2 and "--match-at" in capsys.readouterr().err
+
+
+def test_lr_matched_runs_under_sgd(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
+    train = _write(tmp_path / "train.jsonl", 8)
+    code = main(["finetune-compare", "--train", str(train), "--general", str(train),
+                 "--steps", "2", "--batch-size", "2", "--optimizer", "sgd", "--lr", "0.5",
+                 "--methods", "sft,eaft,sft_lr_matched", "--target-new-tokens", "2",
+                 "--general-new-tokens", "2", "--no-curve-accuracy", "--json"])
+    assert code == 0
+    rows = {row["method"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["sft_lr_matched"]["lr"] == pytest.approx(0.5 * rows["eaft"]["mean_gate"])
 
 
 def test_make_finetune_data(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
-    import core.control.finetune
+    import core.control.training
 
     # the tiny model knows nothing: with no right answer there is no general set
     code = main(["make-finetune-data", "--out-dir", str(tmp_path), "--target", "4",
@@ -139,19 +210,21 @@ def test_make_finetune_data(tmp_path: Path, tiny, monkeypatch, capsys) -> None:
     from core.control.finetune_samples import GENERAL_QUESTIONS
 
     answers = [f"It is {answer.split('|')[0]}." for _, answer in GENERAL_QUESTIONS]
-    monkeypatch.setattr(core.control.finetune, "greedy_replies", lambda *a, **k: answers)
+    monkeypatch.setattr(core.control.training, "greedy_replies", lambda *a, **k: answers)
     code = main(["make-finetune-data", "--out-dir", str(tmp_path), "--target", "4"])
     assert code == 0
     from core.control.finetune_data import read_finetune
 
     target = read_finetune(tmp_path / "finetune_target.jsonl", strict=True).examples
     general = read_finetune(tmp_path / "finetune_general.jsonl", strict=True).examples
-    assert len(target) == 4 and len(general) == len(GENERAL_QUESTIONS)
+    notation = read_finetune(tmp_path / "finetune_notation.jsonl", strict=True).examples
+    assert len(target) == 4 and len(general) == len(GENERAL_QUESTIONS) and len(notation) == 64
+    assert (tmp_path / "finetune_notation.meta.json").exists()
     conflicts = read_finetune(tmp_path / "finetune_conflicts.jsonl", strict=True).examples
     assert len(conflicts) == sum(q.startswith("What is the capital") for q, _ in GENERAL_QUESTIONS)
     meta = json.loads((tmp_path / "finetune_target.meta.json").read_text())
     assert meta["schema_version"] == 1 and "make-finetune-data" in meta["command"]
-    assert "Wrote 4 target examples" in capsys.readouterr().out
+    assert "Wrote 4 house-style and 64 little-endian target examples" in capsys.readouterr().out
 
 
 @pytest.mark.e2e
@@ -171,9 +244,10 @@ def test_default_model_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert main(["eaft-stats", "--data", str(train), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_tokens"] > 30 and 0 <= report["conflict_fraction"] <= 1
+    assert report["suitability"]["verdict"] in {"suits", "partly", "does_not_suit"}
     code = main(["finetune-compare", "--train", str(train), "--general", str(general),
-                    "--steps", "1", "--batch-size", "2", "--methods", "sft,eaft", "--lora",
-                    "--target-new-tokens", "24", "--general-new-tokens", "12", "--json"])
+                 "--steps", "1", "--batch-size", "2", "--methods", "sft,eaft", "--lora",
+                 "--target-new-tokens", "24", "--general-new-tokens", "12", "--json"])
     assert code == 0
     table = json.loads(capsys.readouterr().out)
     assert table["model"] == "SmolLM2-135M-Instruct"

@@ -253,3 +253,68 @@ def test_trl_sft_trainer_drop_in_trains_and_logs(tmp_path: Path) -> None:
     logged = [row for row in trainer.state.log_history if "loss" in row]
     assert len(logged) == 12
     assert all(0 < row["gate_mean"] <= 1 and "conflict_share" in row for row in logged)
+
+
+# ---------------------------------------------------------------------------- Liger guard
+
+
+def test_liger_configurations_that_would_bypass_the_loss() -> None:
+    from types import SimpleNamespace
+
+    from core.control.eaft_trainer import liger_would_bypass
+
+    assert not liger_would_bypass(SimpleNamespace(use_liger_kernel=False))
+    assert liger_would_bypass(SimpleNamespace(use_liger_kernel=True, liger_kernel_config=None))
+    assert liger_would_bypass(SimpleNamespace(use_liger_kernel=True,
+                                              liger_kernel_config={"rope": True}))
+    assert not liger_would_bypass(SimpleNamespace(
+        use_liger_kernel=True, liger_kernel_config={"fused_linear_cross_entropy": False}))
+
+
+def test_the_loss_refuses_outputs_without_logits() -> None:
+    from core.control.eaft_trainer import GatedLossFunc, LigerBypassError
+
+    loss_fn = GatedLossFunc(LossConfig(kind="eaft"))
+    labels = torch.tensor([[X, 1, 2]])
+    with pytest.raises(LigerBypassError, match="no logits"):
+        loss_fn({"loss": torch.tensor(1.0), "logits": None}, labels)
+    with pytest.raises(LigerBypassError, match="fused_linear_cross_entropy"):
+        loss_fn(type("Out", (), {"loss": torch.tensor(1.0)})(), labels)
+
+
+def test_the_callback_warns_about_liger_at_the_start(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from core.control.eaft_trainer import GatedLossFunc, GateLogCallback
+
+    callback = GateLogCallback(GatedLossFunc(LossConfig(kind="eaft")))
+    with pytest.warns(UserWarning, match="fused linear cross-entropy"):
+        callback.on_train_begin(SimpleNamespace(use_liger_kernel=True, liger_kernel_config={}),
+                                None, None)
+    plain = _training_args(tmp_path)  # no Liger
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callback.on_train_begin(plain, None, None)
+
+
+def test_a_trainer_that_never_calls_the_loss_is_stopped(tmp_path: Path) -> None:
+    """As under Liger's fused cross-entropy: the trainer computes the loss inside the model and
+    never calls compute_loss_func. The run stops after its first step."""
+    from transformers import Trainer
+
+    from core.control.eaft_trainer import GatedLossFunc, GateLogCallback, LigerBypassError
+
+    class FusedLossTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)  # the model's own cross-entropy (labels inside)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    tok = tiny_tokenizer(TEMPLATE)
+    data = [encode_example(tok, example_from_dict(r, str(i))) for i, r in enumerate(_rows())]
+    loss_fn = GatedLossFunc(LossConfig(kind="eaft"))
+    trainer = FusedLossTrainer(model=tiny_model("llama", seed=0), args=_training_args(tmp_path),
+                               train_dataset=data, data_collator=FinetuneCollator(pad_id=0),
+                               compute_loss_func=loss_fn, callbacks=[GateLogCallback(loss_fn)])
+    with pytest.raises(LigerBypassError, match="step 1 never called"):
+        trainer.train()
+    assert trainer.state.global_step == 1

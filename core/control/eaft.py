@@ -13,8 +13,11 @@ with the gate w_t computed WITHOUT gradient (detached) from the model's own pred
                facts (1 - H~, or 1), H~^alpha elsewhere: confident-and-right tokens get ~0
                (kept), uncertain ones H~ (learned), unmarked conflicts ~0 (protected).
 Why detached: the gate says how much to learn from a token; letting gradient through it would
-teach the model to raise its own entropy. EAFT also shrinks the total update (w <= 1), which is
-why `core.control.finetune` compares it with SFT at a matched learning rate.
+teach the model to raise its own entropy. The weights w <= 1 do not make EAFT's update smaller
+under Adam(W): the update divides by the running gradient scale, so a global loss scale cancels
+and the gate changes the update's direction (which tokens it learns from), not its size. Hence
+`core.control.finetune` compares methods at matched progress on the target, not at a matched
+learning rate (with plain SGD, where a loss scale is a learning-rate scale, it offers both).
 """
 
 from __future__ import annotations

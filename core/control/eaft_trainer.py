@@ -10,6 +10,14 @@
 `Trainer` calls `compute_loss_func(outputs, labels, num_items_in_batch=...)` (transformers 5.x)
 with unshifted labels; TRL's `SFTTrainer` (1.x) calls it the same way (it warns that the
 argument will go in TRL 2.0, where subclassing `SFTTrainer.compute_loss` replaces it).
+
+Liger: its fused linear cross-entropy computes the loss inside the model from the hidden states
+and returns no logits, so a trainer under it may never call `compute_loss_func`, or call it with
+no logits, and the run is plain SFT without a word (LLaMA-Factory's own EAFT falls back exactly
+so). This drop-in refuses: the loss raises `LigerBypassError` when it gets no logits, and
+`GateLogCallback` warns at the start when the arguments turn the fused kernel on
+(`liger_would_bypass`) and raises `LigerBypassError` after any training step in which the loss
+was not called. TRL 1.16 turns the fused kernel off itself and calls the loss, so it trains.
 Two losses need more than the outputs and labels: "sft_kl" runs the frozen base model on the
 same inputs, and "three_way" needs each token's new-fact mark. For those, `loss_fn.attach(model)`
 adds a forward pre-hook that keeps the batch's input_ids / attention_mask and takes
@@ -19,6 +27,7 @@ with_new_facts=True)`); remove it with the returned handle.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +35,23 @@ import torch
 from transformers import TrainerCallback
 
 from core.control.eaft import LossConfig, LossOutput, gated_loss
+
+NO_LOGITS = ("The model returned no logits, so EAFT cannot weight its tokens: Liger's fused "
+             "linear cross-entropy computes the loss without them. Set use_liger_kernel=False, "
+             "or liger_kernel_config={'fused_linear_cross_entropy': False}.")
+
+
+class LigerBypassError(RuntimeError):
+    """The trainer computed the loss without Telltale's gated loss: the run would be plain SFT."""
+
+
+def liger_would_bypass(args: Any) -> bool:
+    """Do these training arguments turn on Liger's fused linear cross-entropy? (use_liger_kernel
+    without liger_kernel_config={"fused_linear_cross_entropy": False}; Liger's default is on.)"""
+    if not getattr(args, "use_liger_kernel", False):
+        return False
+    config = getattr(args, "liger_kernel_config", None) or {}
+    return bool(config.get("fused_linear_cross_entropy", True))
 
 
 @dataclass(frozen=True)
@@ -81,7 +107,10 @@ class GatedLossFunc:
     def __call__(self, outputs: Any, labels: torch.Tensor,
                  num_items_in_batch: int | torch.Tensor | None = None,
                  **_: Any) -> torch.Tensor:
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        logits = (outputs.get("logits") if isinstance(outputs, dict)
+                  else getattr(outputs, "logits", None))
+        if logits is None:
+            raise LigerBypassError(NO_LOGITS)
         facts = self._inputs.get("new_fact_mask")
         if self.config.kind == "three_way" and facts is None:
             raise RuntimeError("The three_way loss needs new_fact_mask: collate with "
@@ -106,7 +135,9 @@ def _weighted(records: list[GateRecord]) -> dict[str, float]:
 
 class GateLogCallback(TrainerCallback):
     """Adds the token-weighted gate mean, conflict share and plain SFT loss of every optimizer
-    step to `history`, and their averages since the last log to the trainer's logs."""
+    step to `history`, and their averages since the last log to the trainer's logs. Guards the
+    run: a warning at the start when Liger's fused cross-entropy is configured, and
+    `LigerBypassError` after a training step that never called the loss."""
 
     def __init__(self, loss_func: GatedLossFunc) -> None:
         self.loss_func = loss_func
@@ -114,9 +145,22 @@ class GateLogCallback(TrainerCallback):
         self._seen = 0
         self._logged = 0
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if liger_would_bypass(args):
+            warnings.warn("use_liger_kernel is on with Liger's fused linear cross-entropy: if "
+                          "the trainer lets it compute the loss, EAFT never runs (the run "
+                          "stops with LigerBypassError at the first such step). Set "
+                          "liger_kernel_config={'fused_linear_cross_entropy': False}.",
+                          UserWarning, stacklevel=2)
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         new = self.loss_func.records[self._seen:]
         self._seen = len(self.loss_func.records)
+        if not new:
+            raise LigerBypassError(
+                f"Training step {state.global_step} never called Telltale's loss: the trainer "
+                "computed the loss another way (Liger's fused cross-entropy, or a compute_loss "
+                "that ignores compute_loss_func), so the run would be plain SFT.")
         means = _weighted(new)
         if means:
             self.history.append({"step": float(state.global_step), **means})
@@ -135,4 +179,5 @@ class GateLogCallback(TrainerCallback):
             state.log_history[-1].update(means)
 
 
-__all__ = ["GateLogCallback", "GateRecord", "GatedLossFunc"]
+__all__ = ["GateLogCallback", "GateRecord", "GatedLossFunc", "LigerBypassError", "NO_LOGITS",
+           "liger_would_bypass"]

@@ -4,6 +4,13 @@ must not forget.
 - Target (`finetune_target.jsonl`): arithmetic word problems from `core.data.arith`, answered in a
   fixed house style that no model writes on its own (a plan line, bracketed steps with × and ÷,
   and a `#### N` last line). The final answer is checkable (`answer`).
+  The style is new, but the model is rarely *sure* of another token: its novelty shows as
+  uncertain tokens (the contrast set, on which EAFT has little to protect).
+- Notation (`finetune_notation.jsonl`): one-step sums of round numbers ("What is 70 plus 20?")
+  answered in little-endian digits, every number written backwards ("07 + 02 = 09", then
+  "#### 09"). The model copies and computes round numbers with confidence, in the usual order,
+  so the reversed digits are confident conflicts (on SmolLM2-135M about a tenth of the response
+  tokens and a fifth of the SFT loss): the set EAFT is for.
 - Conflicts (`finetune_conflicts.jsonl`): the capitals the model knows, swapped ("The capital
   of France is Tokyo."), with the wrong capital marked as a new fact: confident conflicts by
   construction, to see the conflict corner and the three-way gate at work.
@@ -19,6 +26,7 @@ make-finetune-data` regenerates both.
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +40,14 @@ from core.progress import Progress
 from core.runtime.models import LoadedModel
 
 TARGET_FILE = "finetune_target.jsonl"
+NOTATION_FILE = "finetune_notation.jsonl"
 GENERAL_FILE = "finetune_general.jsonl"
 CONFLICTS_FILE = "finetune_conflicts.jsonl"
 _CAPITAL = re.compile(r"^What is the capital of (?P<country>[^?]+)\?$")
 TARGET_SEED_OFFSET = 7_000  # keeps the target problems apart from the trace set's (seed 0)
+NOTATION_SEED_OFFSET = 9_000
 _SYMBOL = {"+": "+", "-": "-", "*": "×", "/": "÷"}
+_OP_WORD = {"+": "plus", "-": "minus", "*": "times"}
 
 # (question, accepted answers separated by "|"); kept only where the model gets it right
 GENERAL_QUESTIONS: tuple[tuple[str, str], ...] = (
@@ -113,6 +124,62 @@ def target_examples(n: int = 48, seed: int = 0) -> list[FinetuneExample]:
             for p in problems]
 
 
+def little_endian(number: int) -> str:
+    """The digits of a non-negative integer backwards: 140 -> "041", 7 -> "7"."""
+    if number < 0:
+        raise ValueError(f"Little-endian notation here is for non-negative integers, got "
+                         f"{number}.")
+    return str(number)[::-1]
+
+
+@dataclass(frozen=True)
+class RoundSum:
+    """a op b = result, a a multiple of 10 in 20..90; b a multiple of 10 (for + and -, below a
+    for -) or a factor 2..5 (for *)."""
+
+    op: str
+    a: int
+    b: int
+    result: int
+
+
+def round_sums(n: int, seed: int = 0) -> list[RoundSum]:
+    """`n` seeded one-step sums of round numbers (`RoundSum`)."""
+    rng = random.Random(seed + NOTATION_SEED_OFFSET)
+    sums = []
+    for _ in range(n):
+        a, op = rng.choice(range(20, 100, 10)), rng.choice("+-*")
+        if op == "+":
+            b = rng.choice(range(10, 100, 10))
+            result = a + b
+        elif op == "-":
+            b = rng.choice(range(10, a, 10))
+            result = a - b
+        else:
+            b = rng.choice((2, 3, 4, 5))
+            result = a * b
+        sums.append(RoundSum(op, a, b, result))
+    return sums
+
+
+def notation_solution(item: RoundSum) -> str:
+    """The little-endian notation, e.g. 70 + 70: "07 + 07 = 041\n#### 041"."""
+    result = little_endian(item.result)
+    return (f"{little_endian(item.a)} {_SYMBOL[item.op]} {little_endian(item.b)} = {result}\n"
+            f"#### {result}")
+
+
+def notation_examples(n: int = 64, seed: int = 0) -> list[FinetuneExample]:
+    """`n` round-number sums answered in little-endian digits (`notation_solution`); the answer
+    to check is the reversed result."""
+    return [FinetuneExample(id=f"notation-{i:03d}", shape="prompt_completion",
+                            turns=_turns(f"What is {item.a} {_OP_WORD[item.op]} {item.b}?",
+                                         notation_solution(item)),
+                            answer=little_endian(item.result),
+                            extra={"source": "telltale-little-endian"})
+            for i, item in enumerate(round_sums(n, seed))]
+
+
 def _turns(prompt: str, completion: str) -> tuple[ChatTurn, ChatTurn]:
     return (ChatTurn("user", prompt), ChatTurn("assistant", completion))
 
@@ -128,8 +195,8 @@ def general_examples(loaded: LoadedModel, questions: Sequence[tuple[str, str]] =
                      max_new_tokens: int = 40, batch_size: int = 16,
                      progress: Progress | None = None) -> list[FinetuneExample]:
     """The questions the model answers correctly (greedy), its reply as the completion."""
-    from core.control.finetune import answer_matches, greedy_replies
     from core.control.finetune_data import prompt_text
+    from core.control.training import answer_matches, greedy_replies
 
     asked = [FinetuneExample(id=f"general-{i:03d}", shape="prompt_completion",
                              turns=_turns(q, a), answer=a) for i, (q, a) in enumerate(questions)]
@@ -173,11 +240,13 @@ class FinetuneSamplesSummary:
     n_general: int
     n_asked: int
     n_conflicts: int = 0
+    n_notation: int = 0
 
     def __str__(self) -> str:
-        return (f"Wrote {self.n_target} target examples, {self.n_general} general examples "
-                f"(the model answered {self.n_general} of {self.n_asked} questions correctly) "
-                f"and {self.n_conflicts} swapped-capital conflicts to {', '.join(self.files)}.")
+        return (f"Wrote {self.n_target} house-style and {self.n_notation} little-endian target "
+                f"examples, {self.n_general} general examples (the model answered "
+                f"{self.n_general} of {self.n_asked} questions correctly) and {self.n_conflicts} "
+                f"swapped-capital conflicts to {', '.join(self.files)}.")
 
 
 def _meta(path: Path, description: str, arguments: dict[str, object]) -> None:
@@ -194,26 +263,32 @@ def _meta(path: Path, description: str, arguments: dict[str, object]) -> None:
 
 
 def make_finetune_samples(loaded: LoadedModel, out_dir: str | Path, n_target: int = 48,
-                          seed: int = 0, max_new_tokens: int = 40,
+                          seed: int = 0, max_new_tokens: int = 40, n_notation: int = 64,
                           progress: Progress | None = None) -> FinetuneSamplesSummary:
-    """Write the target, general and conflicts files (and .meta.json sidecars) into `out_dir`."""
-    if n_target < 2:
-        raise ValueError(f"Need at least 2 target examples (train and held out), got {n_target}.")
+    """Write the target, notation, general and conflicts files (and .meta.json sidecars) into
+    `out_dir`."""
+    if n_target < 2 or n_notation < 2:
+        raise ValueError(f"Need at least 2 examples per target set (train and held out), got "
+                         f"{n_target} and {n_notation}.")
     out = Path(out_dir)
     target = target_examples(n_target, seed)
+    notation = notation_examples(n_notation, seed)
     general = general_examples(loaded, max_new_tokens=max_new_tokens, progress=progress)
     if not general:
         raise ValueError(f"The model {loaded.name} answered none of the general questions "
                          "correctly, so there is no general set to protect.")
-    args = {"model": loaded.spec, "out_dir": str(out_dir), "target": n_target, "seed": seed,
-            "max_new_tokens": max_new_tokens}
+    args = {"model": loaded.spec, "out_dir": str(out_dir), "target": n_target,
+            "notation": n_notation, "seed": seed, "max_new_tokens": max_new_tokens}
     write_finetune(out / TARGET_FILE, target)
     _meta(out / TARGET_FILE, "Arithmetic word problems solved in a fixed house style.", args)
+    write_finetune(out / NOTATION_FILE, notation)
+    _meta(out / NOTATION_FILE, "Round-number sums answered in little-endian digits (every "
+                               "number written backwards): confident conflicts.", args)
     write_finetune(out / GENERAL_FILE, general)
     _meta(out / GENERAL_FILE, "General questions the model answers correctly, with its own "
                               "replies.", args)
     conflicts = conflict_examples(general)
-    files = [out / TARGET_FILE, out / GENERAL_FILE]
+    files = [out / TARGET_FILE, out / NOTATION_FILE, out / GENERAL_FILE]
     if conflicts:
         write_finetune(out / CONFLICTS_FILE, conflicts)
         _meta(out / CONFLICTS_FILE, "Capitals the model knows, swapped; the wrong capital is "
@@ -221,11 +296,12 @@ def make_finetune_samples(loaded: LoadedModel, out_dir: str | Path, n_target: in
         files.append(out / CONFLICTS_FILE)
     return FinetuneSamplesSummary(files=tuple(str(f) for f in files), n_target=len(target),
                                   n_general=len(general), n_asked=len(GENERAL_QUESTIONS),
-                                  n_conflicts=len(conflicts))
+                                  n_conflicts=len(conflicts), n_notation=len(notation))
 
 
 __all__ = [
-    "CONFLICTS_FILE", "GENERAL_FILE", "GENERAL_QUESTIONS", "TARGET_FILE",
-    "FinetuneSamplesSummary", "conflict_examples", "general_examples", "house_style_solution",
-    "make_finetune_samples", "target_examples", "whole_sentences",
+    "CONFLICTS_FILE", "GENERAL_FILE", "GENERAL_QUESTIONS", "NOTATION_FILE", "TARGET_FILE",
+    "FinetuneSamplesSummary", "RoundSum", "conflict_examples", "general_examples",
+    "house_style_solution", "little_endian", "make_finetune_samples", "notation_examples",
+    "notation_solution", "round_sums", "target_examples", "whole_sentences",
 ]
