@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.control.finetune import METHODS
+from core.control.finetune import DEFAULT_METHODS as ADAMW_METHODS  # no lr-matched control
 from core.control.finetune_data import FinetuneExample
 from dashboard.common import state
 from dashboard.common.jobs import Job, board
@@ -33,13 +33,14 @@ COMPARE_KEY = "finetune_compare_request"  # session state: what "Start compariso
 COMPARE_JOB_KEY = "finetune_compare_job"  # session state: the key of this session's latest run
 
 GENERAL_SAMPLE = "finetune_general.jsonl"
-DEFAULT_METHODS = ("sft", "eaft", "sft_lr_matched")
+DEFAULT_METHODS = ("sft", "eaft")
 POLL_S = 0.5
 LEARNING_RATES = ("default", "1e-5", "3e-5", "1e-4", "2e-4", "5e-4", "1e-3")
 METHOD_HELP = ("sft: plain cross-entropy. eaft: each token weighted by H~^alpha. sft_kl: SFT plus "
                "KL to the frozen base. hard_mask: drop tokens below the 15th percentile of H~. "
-               "sft_lr_matched: SFT at the learning rate times EAFT's mean gate (needs eaft "
-               "first): separates EAFT's protection from its smaller total update.")
+               "Under AdamW a loss scale cancels, so SFT at a matched learning rate is no "
+               "control; `telltale finetune-compare` compares at matched target-loss "
+               "reduction over seeds.")
 GENERAL_CHOICE = FileChoice(
     "General file: what the model should not forget", GENERAL_SAMPLE_KEY,
     "Or upload a general file (JSONL)", GENERAL_UPLOAD_KEY, default=GENERAL_SAMPLE)
@@ -50,7 +51,7 @@ def compare_settings(file_hash: str, general_hash: str) -> fs.CompareRequest | N
     """The run the inputs describe (the model is filled in by the press)."""
     peft = fs.has_peft()
     cols = st.columns([3, 1, 1, 1, 1, 1])
-    methods = cols[0].multiselect("Methods", list(METHODS), default=list(DEFAULT_METHODS),
+    methods = cols[0].multiselect("Methods", list(ADAMW_METHODS), default=list(DEFAULT_METHODS),
                                   key=METHODS_KEY, help=METHOD_HELP)
     steps = cols[1].number_input("Steps", min_value=1, max_value=10_000, value=4, step=1,
                                  key=STEPS_KEY, help="training steps per method")

@@ -148,8 +148,8 @@ def show_plane(tokens: pd.DataFrame, gates: dict[str, np.ndarray], cuts: Cuts) -
                "gradient of each loss goes (||dCE/dlogits|| times the token's weight), both as "
                "a share of SFT's total. SFT pushes hardest on low-p tokens, the confident "
                "conflicts among them; EAFT weighs each token by H~^alpha, so it barely touches "
-               "the low-entropy corner, and its map is lighter overall too: its weights are "
-               "≤ 1, which is why the comparison below includes SFT at a matched learning rate.")
+               "the low-entropy corner. Its map is lighter overall too (its weights are ≤ 1), "
+               "but under Adam that global scale cancels: what counts is where the weight goes.")
 
 
 def show_shares(summary: ConflictSummary) -> None:
