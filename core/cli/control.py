@@ -135,15 +135,15 @@ def _levels(text: str | None) -> tuple[float, ...]:
                        f"{text!r}.") from None
 
 
-def _spread(row: Any, metric: str) -> str:
-    """mean ± sd [min, max] of a summary row's metric."""
+def _spread(row: Any, metric: str, sign: str = "+") -> str:
+    """mean ± sd [min, max] of a summary row's metric (`sign` "+": changes show their sign)."""
     mean, sd = common.plain(row[f"{metric}_mean"]), common.plain(row[f"{metric}_sd"])
     if mean is None:
         return "n/a"
     if sd is None:
-        return f"{mean:+.3f}"
-    return (f"{mean:+.3f} ± {sd:.3f} [{row[f'{metric}_min']:+.3f}, "
-            f"{row[f'{metric}_max']:+.3f}]")
+        return f"{mean:{sign}.3f}"
+    return (f"{mean:{sign}.3f} ± {sd:.3f} [{row[f'{metric}_min']:{sign}.3f}, "
+            f"{row[f'{metric}_max']:{sign}.3f}]")
 
 
 def _print_matched(result: Any) -> None:
@@ -161,7 +161,8 @@ def _print_matched(result: Any) -> None:
             step = common.plain(row["step_mean"])
             print(f"  {row['method']:<15}{row['n_seeds']:>6}  "
                   f"{_spread(row, 'd_general_loss'):<34}{_spread(row, 'd_general_acc'):<34}"
-                  f"{_spread(row, 'd_theta'):<34}{'n/a' if step is None else f'{step:.1f}':>6}")
+                  f"{_spread(row, 'd_theta', sign=''):<34}"
+                  f"{'n/a' if step is None else f'{step:.1f}':>6}")
 
 
 def cmd_finetune_compare(args: argparse.Namespace) -> int:
