@@ -13,11 +13,12 @@ from core.data.judge import StepVerdict
 from core.data.problems import Problem, arith_problem_set
 from core.data.sample_data import MakeTracesConfig, make_traces
 from core.data.traces import read_traces
+from core.runtime.generate import SamplingConfig
 from core.runtime.models import wrap_model
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 CHAT = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5 "
-SMALL = MakeTracesConfig(n=2, max_new_tokens=8, batch_size=3)
+SMALL = MakeTracesConfig(n=2, sampling=SamplingConfig(max_new_tokens=8), batch_size=3)
 
 
 @pytest.fixture()
@@ -26,7 +27,8 @@ def loaded(one_torch_thread):
 
 
 def test_split_by_problem_and_meta(loaded, tmp_path) -> None:
-    config = MakeTracesConfig(n=2, max_new_tokens=8, batch_size=5, test_share=0.34)
+    config = MakeTracesConfig(n=2, sampling=SamplingConfig(max_new_tokens=8), batch_size=5,
+                              test_share=0.34)
     summary = make_traces(loaded, arith_problem_set(6), tmp_path / "a.jsonl", config,
                           command="telltale make-traces ...")
     train = read_traces(tmp_path / "a_train.jsonl").traces
@@ -185,7 +187,8 @@ def test_interrupted_run_resumes_with_the_same_text(loaded, tmp_path, monkeypatc
     assert make_traces(loaded, problems, tmp_path / "part.jsonl", SMALL).n_sampled == 0
     with pytest.raises(ValueError, match="other settings"):
         make_traces(loaded, problems, tmp_path / "part.jsonl",
-                    MakeTracesConfig(n=2, max_new_tokens=9, batch_size=3))
+                    MakeTracesConfig(n=2, sampling=SamplingConfig(max_new_tokens=9),
+                                     batch_size=3))
 
 
 def test_config_checks() -> None:

@@ -163,6 +163,7 @@ def cmd_make_traces(args: argparse.Namespace) -> int:
     from core.data.judge import JudgePrompt
     from core.data.sample_data import MakeTracesConfig, make_traces
     from core.data.steps import Segmenter
+    from core.runtime.generate import SamplingConfig
 
     common.set_threads(args.threads)
     problems, info = _problems(args)
@@ -174,8 +175,8 @@ def cmd_make_traces(args: argparse.Namespace) -> int:
                             numeric=all(parse_number(p.gold or "") is not None
                                         for p in problems))
     config = MakeTracesConfig(
-        n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
+        n=args.n, sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p,
+                                          args.seed), batch_size=args.batch_size,
         test_share=args.test_share, step_labels=step_labels, prefix_labels=args.prefix_labels,
         prompt=prompt, answers=prompt.reader(patterns) if args.answer_pattern else None,
         stop_at_answer=not args.no_stop, segmenter=Segmenter(args.segmenter, args.pattern),

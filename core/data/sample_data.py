@@ -75,10 +75,7 @@ class MakeTracesConfig:
     """How chains are sampled and labelled (see the module docstring)."""
 
     n: int = 2  # chains per problem
-    seed: int = 0
-    max_new_tokens: int = 200
-    temperature: float = 0.7
-    top_p: float = 0.95
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=200)  # its seed splits the set
     batch_size: int = 16
     test_share: float = 0.0
     step_labels: str = "rule"
@@ -101,7 +98,6 @@ class MakeTracesConfig:
             raise ValueError(f"Unknown step labeller '{self.step_labels}'; choose from "
                              f"{', '.join(STEP_LABELLERS)}.")
         check_convention(self.prefix_labels)
-        SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
     def reader(self, problems: Sequence[Problem] = ()) -> AnswerFormat:
         """The answer reader: `answers`, else the prompt's, numeric when every gold is one."""
@@ -110,10 +106,6 @@ class MakeTracesConfig:
         numeric = bool(problems) and all(p.gold is not None and parse_number(p.gold) is not None
                                          for p in problems)
         return self.prompt.reader(AnswerFormat(numeric=numeric))
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
 
 @dataclass(frozen=True)
@@ -297,7 +289,7 @@ def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Pat
         records.append(record)
         fixed += overruled
     traces = [trace_from_dict(record, config.segmenter) for record in records]
-    groups = _split(traces, out, config.test_share, config.seed)
+    groups = _split(traces, out, config.test_share, config.sampling.seed)
     labelled = [label for t in traces for label in t.step_labels if label is not None]
     settings = {"problems": dict(problems_info or {}), "n_problems": len(problems),
                 **{k: v for k, v in asdict(config).items()
