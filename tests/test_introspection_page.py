@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.sense.arms import MIN_NONE_TRIALS
 from core.sense.introspection import InjectionSpec, TrialConfig
 from dashboard.common.runs import FINISHED
 from dashboard.sense import page, prefill_panel, sweep_panel, trial_panel
@@ -127,7 +128,9 @@ def test_trial_on_a_tiny_model_shows_replies_marks_lens_and_downloads(
     at = small_trial(with_model(str(tiny_model_dir)))
     assert [t.label for t in at.tabs] == ["Single trial", "Sweep", "Prefill"]
     assert at.slider(key=trial_panel.LAYER_KEY).max == TINY_LAYERS - 1
-    assert any("8 replies of up to 4 tokens" in c for c in texts(at.caption))
+    # 2 trials of the concept and of each injected control, the no-injection arm's floor
+    n_replies = 3 * 2 + max(MIN_NONE_TRIALS, 2)
+    assert any(f"{n_replies} replies of up to 4 tokens" in c for c in texts(at.caption))
     button(at, "Run trial").click().run()
     assert not at.exception and not at.error
     assert [m.label for m in at.metric] == ["detection", "identification", "false positives",
@@ -164,8 +167,9 @@ def test_sweep_and_prefill_on_a_tiny_model(tiny_model_dir: Path) -> None:
     at.number_input(key="intro_sweep_n_trials").set_value(1)
     at.number_input(key="intro_sweep_max_new_tokens").set_value(3)
     at.run()
-    # 1 trial x (2 layers x 2 strengths x 2 concepts x 3 conditions + no injection once)
-    assert any(c.startswith("25 replies of up to 3 tokens") for c in texts(at.caption))
+    # 1 trial x 2 layers x 2 strengths x 2 concepts x 3 injected arms, + no injection once
+    n_replies = 2 * 2 * 2 * 3 + max(MIN_NONE_TRIALS, 1)
+    assert any(c.startswith(f"{n_replies} replies of up to 3 tokens") for c in texts(at.caption))
     button(at, "Run sweep").click().run()
     assert not at.exception and not at.error
     assert chart_titles(at) == ["Injected concept", "Detection: the concept against the controls"]

@@ -24,6 +24,7 @@ import pandas as pd
 import streamlit as st
 
 from core.progress import Progress
+from core.sense.arms import arms_for
 from core.sense.concepts import (
     METHODS,
     ConceptLibrary,
@@ -200,6 +201,14 @@ class PrefillRequest:
             return None
 
 
+def reply_counts(trials: TrialConfig) -> tuple[int, int]:
+    """(replies of the arms without injection, sampled once per run; replies per injected
+    setting), as `core.sense.introspection` samples them (`arms_for`, `TrialConfig.n_for`)."""
+    arms = arms_for(trials.controls)
+    return (sum(trials.n_for(a) for a in arms if a.shared),
+            sum(trials.n_for(a) for a in arms if not a.shared))
+
+
 # ---------------------------------------------------------------------------- cached results
 
 
@@ -284,6 +293,6 @@ def prefill_replies(request: PrefillRequest, _progress: Progress | None = None) 
 __all__ = [
     "METHODS", "PREFILL_KEY", "SWEEP_KEY", "TRIAL_KEY", "ConceptChoice", "PrefillRequest",
     "SweepRequest", "TrialRequest", "concept_from", "concept_library", "lens_table",
-    "prefill_replies", "residual_norms", "sweep_library", "sweep_trials", "trial_config_from",
-    "trial_run",
+    "prefill_replies", "reply_counts", "residual_norms", "sweep_library", "sweep_trials",
+    "trial_config_from", "trial_run",
 ]

@@ -87,10 +87,8 @@ def sweep_inputs(loaded: LoadedModel, model: ModelKey,
 
 def sweep_size(request: istate.SweepRequest) -> int:
     """How many replies the sweep samples (as `run_sweep` counts them)."""
-    tc = request.trials
-    per_setting = 1 + len([c for c in tc.controls if c != "none"])
-    settings = len(request.layers) * len(request.strengths) * len(request.concepts)
-    return tc.n_trials * (settings * per_setting + ("none" in tc.controls))
+    shared, per_setting = istate.reply_counts(request.trials)
+    return shared + len(request.sweep_config().settings()) * per_setting
 
 
 def show_sweep(trials: pd.DataFrame, request: istate.SweepRequest) -> None:

@@ -157,7 +157,7 @@ def tab(loaded: LoadedModel, model: ModelKey, concept: istate.ConceptChoice | No
     current = None
     if concept is not None and config is not None:
         current = istate.TrialRequest(model, concept, layer, spec, config)
-    n_replies = (1 + len(config.controls)) * config.n_trials if config is not None else 0
+    n_replies = sum(istate.reply_counts(config)) if config is not None else 0
     button_col, note_col = st.columns([1, 4])
     TRIAL.button(None if current is None else with_model(current), where=button_col,
                  key="intro_run_trial", width="stretch")
