@@ -246,3 +246,70 @@ def test_backtrack_eval_command_writes_the_table_and_json(loaded, tmp_path, monk
                                                                    "random"}
     rows = pd.read_csv(tmp_path / "rows.csv")
     assert len(rows) == 6 and set(rows["arm"]) == {"plain", "backtrack", "random"}
+
+
+# Outputs of the loop before it became `_MonitorRun` (same seeds, same tiny model): the text,
+# the forward count, and (index, attempt, alarm) of every kept and discarded step. Backtracking
+# with a replayed attempt ("every retry alarms") and the random control are both covered.
+PINNED = {
+    "watch": (
+        bundle(), MonitorConfig(max_new_tokens=90, seed=3, temperature=1.0),
+        "a=937-0\n3876\n19=407\n\n93 \n6 -970-25a67\n1534 b \n8\na2\n0\n0--4\n\n22256616\n 6\n\n-"
+        "\n\n+=5-2+=4-6\n\nb9=", 90, [(i, 0, True) for i in range(15)], []),
+    "stop": (
+        bundle(bias=50.0), MonitorConfig(mode="stop", max_new_tokens=90, seed=3,
+                                         temperature=1.0),
+        "a=937-0\n3", 9, [(0, 0, True)], []),
+    "backtrack": (
+        bundle(seed=1), MonitorConfig(mode="backtrack", max_new_tokens=90, seed=5,
+                                      temperature=1.0, threshold=0.3, retries=2,
+                                      max_backtracks=6),
+        "12b=\n79b4\n158\nb730=\nb\n\n\n5+\n866a2=6\n+\n\n18\n503305=\n=\n36 -\n987\n99aa8\n"
+        "037 311\n\n74a\n\n\n+\n9b=24\n6", 126,
+        [(0, 2, True), (1, 2, True), (2, 0, False), *[(i, 0, True) for i in range(3, 19)]],
+        [(0, 0, True), (0, 1, True), (1, 0, True), (1, 1, True), (3, 1, True), (3, 2, True)]),
+    "replay": (
+        bundle(bias=50.0), MonitorConfig(mode="backtrack", max_new_tokens=60, seed=2,
+                                         temperature=1.0, retries=2, max_backtracks=4,
+                                         retry_temperature_step=0.2),
+        "86156+3788\n6b\n+-46\n72 9\n67866 b\n0\n7785925\n\n6=\nbb6b\n83+8123a\n", 136,
+        [(i, 0, True) for i in range(10)],
+        [(0, 1, True), (0, 2, True), (1, 1, True), (1, 2, True)]),
+    "random": (
+        bundle(bias=-50.0), MonitorConfig(mode="random", max_new_tokens=60, seed=4,
+                                          temperature=1.0, resample_steps=(0, 0, 1, 3)),
+        "\n45\n\n31\n2a\nbb\n\n 551\n\n33+81888-5+\n12\n8-5\n03\n9a36\n0\n2a\n+\n =24\n", 97,
+        [(0, 2, False), (1, 1, False), (2, 0, False), (3, 1, False),
+         *[(i, 0, False) for i in range(4, 14)]],
+        [(0, 0, False), (0, 1, False), (1, 0, False), (3, 0, False)]),
+}
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_same_seeds_give_the_same_reply_as_before(loaded, name) -> None:
+    probes, config, text, processed, kept, discarded = PINNED[name]
+    result = run_monitor(loaded, probes, QUESTION, config)
+    assert result.text == text and result.tokens_processed == processed
+    assert [(s.index, s.attempt, s.alarm) for s in result.steps] == kept
+    assert [(s.index, s.attempt, s.alarm) for s in result.discarded] == discarded
+    assert all(s.kept for s in result.steps) and not any(s.kept for s in result.discarded)
+
+
+def test_the_top_k_nucleus_keeps_what_a_full_sort_keeps() -> None:
+    from core.diagnose.monitor import nucleus
+
+    def full_sort(probs: torch.Tensor, top_p: float) -> torch.Tensor:  # the naive formula
+        ordered, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(ordered, 0) - ordered < top_p
+        return torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(120):
+        logits = torch.randn(4000, generator=gen) * (0.5, 3.0, 10.0, 40.0)[trial % 4]
+        if trial % 3 == 0:
+            logits = torch.round(logits)  # ties, also at the cut
+        if trial % 5 == 0:
+            logits[torch.rand(4000, generator=gen) < 0.5] = float("-inf")  # a blank mask
+        probs = torch.softmax(logits / 0.7, dim=-1)
+        for top_p in (0.3, 0.9, 0.95, 0.999):
+            assert torch.equal(nucleus(probs, top_p), full_sort(probs, top_p))

@@ -3,9 +3,16 @@ model writes, the alarm as a kill switch, and latent backtracking.
 
 The loop decodes one token at a time with the KV cache and reads the residual stream at the
 probe's layer through `record_residual`. After each token it re-segments the response with the
-offline segmenter; a step is complete once the next step has begun (or generation ends), so its
-tokens are exactly the tokens the offline path gives it (its trailing newline included), and the
-streamed scores equal the teacher-forced ones.
+offline segmenter (the char spans only: a regex pass); a step is complete once the next step
+has begun (or generation ends), so its tokens are exactly the tokens the offline path gives it
+(its trailing newline included), and the streamed scores equal the teacher-forced ones. Tokens
+are mapped to steps only when a step closes, not at every token.
+
+One reply is a `_MonitorRun`: the KV cache, the response so far, the hidden states of its
+tokens, and the steps kept or discarded; `monitor_events` is the loop over it:
+
+    sample a token -> push it (forward, one hidden state) -> close the steps it completed
+    (score each; keep it, or rewind to its start and resample) -> ... -> the result
 
 Modes:
 - "watch": flag alarms only;
@@ -27,7 +34,7 @@ Modes:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +49,7 @@ from core.data.steps import (
     token_step_index,
 )
 from core.diagnose.probes import ProbeBundle
-from core.runtime.capture import record_residual
+from core.runtime.capture import ResidualRecord, record_residual
 from core.runtime.chat import user_prompt
 from core.runtime.models import LoadedModel
 from core.runtime.pooling import span_weights
@@ -143,6 +150,9 @@ def blank_token_mask(tokenizer: Any, size: int) -> torch.Tensor:
     return torch.tensor([t.strip() == "" for t in texts])
 
 
+_NUCLEUS_CANDIDATES = 256  # tokens ranked by top-k before falling back to a full sort
+
+
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
                  generator: torch.Generator) -> int:
     """Greedy at temperature 0; else nucleus sampling from softmax(logits / temperature)."""
@@ -150,13 +160,32 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        probs = nucleus(probs, top_p)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-class _Decoder:
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`probs` [vocab] with every token zeroed whose likelier tokens already hold `top_p`.
+
+    Naively: sort descending, keep position i when cumsum(sorted)[i] - sorted[i] < top_p. On
+    the CPU the nucleus is usually found among the top `_NUCLEUS_CANDIDATES` tokens (top-k is
+    ~20x cheaper than sorting a 50k vocabulary); that shortcut is taken only where it keeps the
+    same tokens as the full sort: the kept positions form a prefix, a later position is dropped
+    (CPU cumsum accumulates in order, so the prefix sums are the sort's and only grow after),
+    and no tie straddles the cut (ties elsewhere do not change which tokens are kept).
+    """
+    if probs.device.type == "cpu" and _NUCLEUS_CANDIDATES < probs.shape[-1]:
+        values, order = torch.topk(probs, _NUCLEUS_CANDIDATES)  # sorted descending
+        keep = torch.cumsum(values, 0) - values < top_p
+        n = int(keep.sum())
+        if n < len(values) and bool(keep[:n].all()) and bool(values[n - 1] > values[n]):
+            return torch.zeros_like(probs).scatter(0, order[:n], values[:n])
+    sorted_probs, order = torch.sort(probs, descending=True)
+    keep = torch.cumsum(sorted_probs, 0) - sorted_probs < top_p
+    return torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+
+
+class _Response:
     """The running response: token ids, their char offsets, and segmentation into steps."""
 
     def __init__(self, tokenizer: Any, segmenter: Segmenter) -> None:
@@ -176,21 +205,22 @@ class _Decoder:
         del self.ends[n_tokens:]
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
 
-    def steps(self) -> tuple[list[CharSpan], list[tuple[int, int]]]:
-        """Char spans and token spans of the steps so far."""
-        if not self.ids:  # the reply ended before its first token
-            return [], []
-        spans = split_steps(self.text, self.segmenter)
-        starts = [0, *self.ends[:-1]]
-        offsets = list(zip(starts, self.ends, strict=True))
-        owner = token_step_index(offsets, spans)
-        return spans, token_spans(owner, len(spans))
+    def char_steps(self) -> list[CharSpan]:
+        """Char spans of the steps so far (none before the first token)."""
+        return split_steps(self.text, self.segmenter) if self.ids else []
+
+    def token_spans(self, char_spans: list[CharSpan]) -> list[tuple[int, int]]:
+        """Token spans [start, end) of the steps `char_steps` gave."""
+        if not self.ids:
+            return []
+        offsets = list(zip([0, *self.ends[:-1]], self.ends, strict=True))
+        return token_spans(token_step_index(offsets, char_spans), len(char_spans))
 
 
 def _feature_rows(hidden: list[torch.Tensor], spans: list[tuple[int, int]], step: int,
                   bundle: ProbeBundle) -> dict[str, np.ndarray]:
     """Pooled features of `step` (rows for the bundle's poolings), as the offline path pools."""
-    matrix = torch.stack(hidden[: spans[step][1]]).double()  # [tokens so far, hidden]
+    matrix = torch.stack(hidden[: spans[step][1]]).cpu().double()  # [tokens so far, hidden]
     out = {}
     for pooling in bundle.poolings:
         weights = span_weights(spans[: step + 1], matrix.shape[0], pooling)[step]
@@ -198,144 +228,198 @@ def _feature_rows(hidden: list[torch.Tensor], spans: list[tuple[int, int]], step
     return out
 
 
+class _MonitorRun:
+    """One reply being written with the probes watching.
+
+    State: the KV cache (prompt + response so far), the response (`_Response`), the
+    probe-layer residual of each response token, the logits after each position of the open
+    step (a rewind lands on one of them), the steps kept and discarded, and the retry counts.
+    The methods each do one job: `sample` a token, `push` it, `close_steps` (score, then keep
+    or retry), `rewind`, `replay`, and the `result`.
+    """
+
+    def __init__(self, loaded: LoadedModel, bundle: ProbeBundle, question: str,
+                 config: MonitorConfig, rec: ResidualRecord) -> None:
+        from transformers import DynamicCache
+
+        self.bundle, self.config, self.question, self.rec = bundle, config, question, rec
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.layer = bundle.meta.layer
+        self.threshold = bundle.meta.threshold if config.threshold is None else config.threshold
+        prompt = user_prompt(self.tokenizer, question)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False,
+                                    return_tensors="pt")["input_ids"].to(loaded.input_device)
+        self.device = prompt_ids.device
+        self.prompt_len = int(prompt_ids.shape[1])
+        self.eos = _eos_ids(self.tokenizer, self.model)
+        self.eos_index = torch.tensor(sorted(self.eos), dtype=torch.long, device=self.device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.temperature = config.temperature
+        self.response = _Response(self.tokenizer, config.segmenter)
+        self.hidden: list[torch.Tensor] = []  # probe-layer residual of each response token
+        self.kept: list[StepRecord] = []
+        self.discarded: list[StepRecord] = []
+        self.attempts: list[tuple[StepRecord, list[int]]] = []  # the open step's alarming tries
+        self.attempt = 0  # retries of the open step
+        self.backtracks = 0
+        self.processed = 0
+        self.stopped = False
+        self.finished = False
+        self.step_start_blocked = False  # right after a rewind: the next token must begin a step
+        self.blank: torch.Tensor | None = None
+        self.kept_end = 0  # token where the open (not yet kept) step begins
+        self.cache = DynamicCache(config=self.model.config)
+        self.logits, _ = self.forward(prompt_ids)
+        self.last_logits = {self.prompt_len - 1: self.logits}  # by position, from kept_end on
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.response.ids)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run `ids` [1, n] through the model on the cache: (last logits, states [n, hidden])."""
+        out = self.model(input_ids=ids, cache=self.cache, use_cache=True)
+        states = self.rec.hidden[self.layer].pop()
+        self.rec.hidden[self.layer].clear()
+        return out.logits[0, -1], states[0]
+
+    def sample(self) -> int:
+        """The next token: blank ones blocked right after a rewind, EOS before min_new_tokens."""
+        logits = self.logits
+        if self.step_start_blocked:
+            if self.blank is None:
+                self.blank = blank_token_mask(self.tokenizer, logits.shape[-1]).to(logits.device)
+            logits = logits.masked_fill(self.blank, float("-inf"))
+            self.step_start_blocked = False
+        if self.n_tokens < self.config.min_new_tokens:
+            logits = logits.index_fill(0, self.eos_index, float("-inf"))
+        return sample_token(logits, self.temperature, self.config.top_p, self.generator)
+
+    def push(self, token: int) -> None:
+        """Append `token` to the response and run it: its hidden state, the logits after it."""
+        self.response.push(token)
+        self.logits, states = self.forward(torch.tensor([[token]], device=self.device))
+        self.processed += 1
+        self.hidden.append(states[-1])
+        self.last_logits[self.prompt_len + self.n_tokens - 1] = self.logits
+
+    def close_steps(self, ended: bool) -> Iterator[StepEvent]:
+        """Score the steps the last token completed (every step once the reply has ended) and
+        keep them, or discard one and rewind to resample it; sets `finished`."""
+        char_spans = self.response.char_steps()
+        done = len(char_spans) if ended else len(char_spans) - 1
+        self.finished = ended
+        if len(self.kept) >= done:
+            return  # the usual case: the token only extended the open step
+        spans = self.response.token_spans(char_spans)
+        while len(self.kept) < done:
+            step = len(self.kept)
+            start, end = spans[step]
+            text = self.response.text[char_spans[step].start : char_spans[step].end]
+            record = self.score(spans, step, text)
+            if self.should_retry(step, record):
+                self.attempts.append((record, self.response.ids[start:end]))
+                yield self.discard(record)
+                self.retry(start, step)
+                return
+            if record.alarm and self.attempts and self.config.mode == "backtrack":
+                # every retry alarmed: keep the least alarming attempt
+                self.attempts.append((record, self.response.ids[start:end]))
+                best, best_ids = min(self.attempts, key=lambda a: a[0].prefix_score)
+                if best is not record:
+                    yield self.discard(record)
+                    self.replay(start, best_ids)
+                    self.discarded.remove(_discard(best))
+                    record = best
+                    char_spans = self.response.char_steps()
+                    spans = self.response.token_spans(char_spans)
+                    self.finished = False
+            yield self.keep(record, spans[step][1])
+            if record.alarm and self.config.mode == "stop":
+                self.stopped = self.finished = True
+                return
+
+    def score(self, spans: list[tuple[int, int]], step: int, text: str) -> StepRecord:
+        """The probes' scores of `step` (token spans of the steps so far in `spans`)."""
+        scores = self.bundle.score_chain(_feature_rows(self.hidden, spans, step, self.bundle))
+        step_score = float(scores["step"][0]) if "step" in scores else None
+        prefix = float(scores["prefix"][0])
+        return StepRecord(index=step, text=text, n_tokens=spans[step][1] - spans[step][0],
+                          step_score=step_score, prefix_score=prefix,
+                          alarm=prefix > self.threshold, kept=True, attempt=self.attempt)
+
+    def should_retry(self, step: int, record: StepRecord) -> bool:
+        config = self.config
+        if config.mode == "random":
+            return self.attempt < config.resample_steps.count(step)
+        return (config.mode == "backtrack" and record.alarm and self.attempt < config.retries
+                and self.backtracks < config.max_backtracks)
+
+    def discard(self, record: StepRecord) -> StepEvent:
+        self.discarded.append(_discard(record))
+        return StepEvent(self.discarded[-1])
+
+    def keep(self, record: StepRecord, end: int) -> StepEvent:
+        """Keep `record`, its step ending at token `end`; forget logits no rewind can reach."""
+        self.kept.append(record)
+        self.kept_end = end
+        self.attempts, self.attempt, self.temperature = [], 0, self.config.temperature
+        for position in [p for p in self.last_logits if p < self.prompt_len - 1 + end]:
+            del self.last_logits[position]
+        return StepEvent(record)
+
+    def retry(self, start: int, step: int) -> None:
+        """Rewind to the step's first token `start` and resample the step from there."""
+        self.rewind(start)
+        self.step_start_blocked = step > 0  # a first step may begin after blank lines
+        self.backtracks += 1
+        self.attempt += 1
+        config = self.config
+        self.temperature = config.temperature + self.attempt * config.retry_temperature_step
+        self.finished = False
+
+    def rewind(self, to_tokens: int) -> None:
+        """Crop the cache to the prompt + `to_tokens` response tokens; logits to go on from."""
+        length = self.prompt_len + to_tokens
+        self.cache.crop(-(self.cache.get_seq_length() - length))
+        self.response.truncate(to_tokens)
+        del self.hidden[to_tokens:]
+        self.logits = self.last_logits[length - 1]
+
+    def replay(self, start: int, ids: list[int]) -> None:
+        """Rewind to token `start` and run `ids` again (a kept attempt: step-length cost)."""
+        self.rewind(start)
+        for token in ids:
+            self.push(token)
+
+    def result(self) -> MonitorResult:
+        return MonitorResult(
+            prompt=self.question, text=self.response.text, steps=self.kept,
+            discarded=self.discarded, tokens_generated=self.n_tokens,
+            tokens_processed=self.processed, stopped_by_alarm=self.stopped,
+            threshold=self.threshold, mode=self.config.mode, token_ids=list(self.response.ids))
+
+
 @torch.no_grad()
 def monitor_events(loaded: LoadedModel, bundle: ProbeBundle, question: str,
                    config: MonitorConfig = MonitorConfig(),
                    should_stop: Callable[[], bool] | None = None) -> Iterator[MonitorEvent]:
     """Generate a reply to `question` (a user turn) with the probes watching; yields events."""
-    from transformers import DynamicCache
-
     bundle.check_model(loaded.spec, loaded.hidden_size)
-    threshold = bundle.meta.threshold if config.threshold is None else config.threshold
-    tokenizer, model = loaded.tokenizer, loaded.model
-    prompt = user_prompt(tokenizer, question)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    prompt_ids = prompt_ids.to(loaded.input_device)
-    eos = _eos_ids(tokenizer, model)
-    generator = torch.Generator().manual_seed(config.seed)
-    decoder = _Decoder(tokenizer, config.segmenter)
-    hidden: list[torch.Tensor] = []  # probe-layer residual of each response token
-    kept: list[StepRecord] = []
-    discarded: list[StepRecord] = []
-    processed = 0
-    backtracks = 0
-    attempt = 0  # retries of the current step
-    attempts: list[tuple[StepRecord, list[int]]] = []  # the current step's alarming tries
-    temperature = config.temperature
-    stopped = False
-    step_start_blocked = False  # right after a rewind: the next token must begin a step
-    blank: torch.Tensor | None = None
-    kept_end = 0  # token where the open (not yet kept) step begins
     layer = bundle.meta.layer
-
-    with loaded.lock, record_residual(model, [layer], layer_path=loaded.layer_path) as rec:
-        cache = DynamicCache(config=model.config)
-
-        def forward(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out = model(input_ids=ids, cache=cache, use_cache=True)
-            states = rec.hidden[layer].pop()
-            rec.hidden[layer].clear()
-            return out.logits[0, -1], states[0]
-
-        logits, _ = forward(prompt_ids)
-        last_logits = {len(prompt_ids[0]) - 1: logits}
-
-        def score(spans: list[tuple[int, int]], step: int, text: str) -> StepRecord:
-            scores = bundle.score_chain(_feature_rows(hidden, spans, step, bundle))
-            step_score = float(scores["step"][0]) if "step" in scores else None
-            prefix = float(scores["prefix"][0])
-            return StepRecord(index=step, text=text, n_tokens=spans[step][1] - spans[step][0],
-                              step_score=step_score, prefix_score=prefix,
-                              alarm=prefix > threshold, kept=True, attempt=attempt)
-
-        def rewind(to_tokens: int) -> torch.Tensor:
-            """Crop the cache to the prompt + `to_tokens` response tokens; logits to go on."""
-            length = len(prompt_ids[0]) + to_tokens
-            cache.crop(-(cache.get_seq_length() - length))
-            decoder.truncate(to_tokens)
-            del hidden[to_tokens:]
-            return last_logits[length - 1]
-
-        finished = False
-        while not finished:
+    with loaded.lock, record_residual(loaded.model, [layer], layer_path=loaded.layer_path,
+                                      to_cpu=False) as rec:
+        run = _MonitorRun(loaded, bundle, question, config, rec)
+        while not run.finished:
             if should_stop is not None and should_stop():
                 break
-            if step_start_blocked:
-                if blank is None:
-                    blank = blank_token_mask(tokenizer, logits.shape[-1])
-                logits = logits.masked_fill(blank.to(logits.device), float("-inf"))
-                step_start_blocked = False
-            if len(decoder.ids) < config.min_new_tokens:
-                logits = logits.clone()
-                logits[list(eos)] = float("-inf")
-            token = sample_token(logits, temperature, config.top_p, generator)
-            ended = token in eos or len(decoder.ids) + 1 >= config.max_new_tokens
-            if token not in eos:
-                decoder.push(token)
-                logits, states = forward(torch.tensor([[token]], device=prompt_ids.device))
-                processed += 1
-                hidden.append(states[-1].cpu())
-                last_logits[len(prompt_ids[0]) + len(decoder.ids) - 1] = logits
-                yield TokenEvent(decoder.text)
-            char_spans, spans = decoder.steps()
-            done_steps = len(spans) if ended else len(spans) - 1
-            finished = ended
-            while len(kept) < done_steps:
-                step = len(kept)
-                text = decoder.text[char_spans[step].start : char_spans[step].end]
-                record = score(spans, step, text)
-                if config.mode == "random":
-                    retry = attempt < config.resample_steps.count(step)
-                else:
-                    retry = (config.mode == "backtrack" and record.alarm
-                             and attempt < config.retries and backtracks < config.max_backtracks)
-                if retry:
-                    attempts.append((record, decoder.ids[spans[step][0] : spans[step][1]]))
-                    discarded.append(_discard(record))
-                    yield StepEvent(discarded[-1])
-                    logits = rewind(spans[step][0])
-                    step_start_blocked = step > 0  # a first step may begin after blank lines
-                    backtracks += 1
-                    attempt += 1
-                    temperature = config.temperature + attempt * config.retry_temperature_step
-                    finished = False
-                    break
-                if record.alarm and attempts and config.mode == "backtrack":
-                    # every retry alarmed: keep the least alarming attempt
-                    attempts.append((record, decoder.ids[spans[step][0] : spans[step][1]]))
-                    best, best_ids = min(attempts, key=lambda a: a[0].prefix_score)
-                    if best is not record:
-                        discarded.append(_discard(record))
-                        yield StepEvent(discarded[-1])
-                        rewind(spans[step][0])
-                        for tok in best_ids:  # replay the kept attempt (step-length cost)
-                            decoder.push(tok)
-                            logits, states = forward(torch.tensor([[tok]],
-                                                                  device=prompt_ids.device))
-                            processed += 1
-                            hidden.append(states[-1].cpu())
-                            last_logits[len(prompt_ids[0]) + len(decoder.ids) - 1] = logits
-                        discarded.remove(_discard(best))
-                        record = best
-                        char_spans, spans = decoder.steps()
-                        finished = False
-                kept.append(record)
-                kept_end = spans[step][1]
-                attempts, attempt, temperature = [], 0, config.temperature
-                yield StepEvent(record)
-                if record.alarm and config.mode == "stop":
-                    stopped, finished = True, True
-                    break
-            # keep logits only from the open step's start on: a rewind lands nowhere earlier
-            for position in [p for p in last_logits if p < len(prompt_ids[0]) - 1 + kept_end]:
-                del last_logits[position]
-
-    result = MonitorResult(
-        prompt=question, text=decoder.text, steps=kept, discarded=discarded,
-        tokens_generated=len(decoder.ids), tokens_processed=processed,
-        stopped_by_alarm=stopped, threshold=threshold, mode=config.mode,
-        token_ids=list(decoder.ids))
-    yield DoneEvent(result)
+            token = run.sample()
+            ended = token in run.eos or run.n_tokens + 1 >= config.max_new_tokens
+            if token not in run.eos:
+                run.push(token)
+                yield TokenEvent(run.response.text)
+            yield from run.close_steps(ended)
+    yield DoneEvent(run.result())
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
@@ -346,8 +430,6 @@ def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
 
 
 def _discard(record: StepRecord) -> StepRecord:
-    from dataclasses import replace
-
     return replace(record, kept=False)
 
 
