@@ -24,14 +24,14 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.data.journal import Journal
-from core.progress import Progress
+from core.progress import Progress, ShouldStop, check_stop
 from core.runtime.chat import Message, format_chat
 
 if TYPE_CHECKING:  # torch loads only when a local judge is used
@@ -269,9 +269,14 @@ def _from_entry(entry: dict[str, Any]) -> JudgeResult:
 
 def judge_items(judge: JudgeBackend, prompt: JudgePrompt, items: Sequence[JudgeItem],
                 cache: str | Path, max_attempts: int = 3, workers: int = 1,
-                progress: Progress | None = None) -> JudgeRun:
+                progress: Progress | None = None,
+                on_result: Callable[[int, JudgeResult], None] | None = None,
+                should_stop: ShouldStop | None = None) -> JudgeRun:
     """Verdicts for every item, from the cache where it has them, else asked (in `workers`
-    threads for an endpoint) and journalled as each arrives."""
+    threads for an endpoint) and journalled as each arrives. `on_result(index, result)` is
+    called once per item as its verdicts are known (the cached ones first); `should_stop()` is
+    checked before each request and ends the run with `core.progress.Stopped` (the journal
+    keeps every verdict that arrived, so the same call resumes)."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}.")
     with Journal.open(cache, _CACHE_HEADER) as journal:
@@ -280,8 +285,14 @@ def judge_items(judge: JudgeBackend, prompt: JudgePrompt, items: Sequence[JudgeI
         n_cached = sum(key in known for key in keys)
         todo = list({key: i for i, key in reversed(list(enumerate(keys)))
                      if key not in known}.values())[::-1]  # first item of each new key
+        indices: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            indices.setdefault(key, []).append(index)
+            if on_result and key in known:
+                on_result(index, known[key])
 
         def ask(index: int) -> JudgeResult:
+            check_stop(should_stop, "Judging")
             result, reply = judge_item(judge, prompt, items[index], max_attempts)
             journal.append([_entry(result, judge, prompt, reply)])
             return result
@@ -294,6 +305,9 @@ def judge_items(judge: JudgeBackend, prompt: JudgePrompt, items: Sequence[JudgeI
                 pool.map(ask, todo)
             for result in fresh:
                 known[result.key] = result
+                if on_result is not None:
+                    for index in indices[result.key]:
+                        on_result(index, result)
                 requests += result.attempts
                 done += 1
                 if progress:

@@ -21,6 +21,12 @@ by default):
   labels, and is counted;
 - "none": outcome only (the last prefix label).
 
+Following a run (the app does): `on_chains(traces)` is called with chains as they are labelled
+(rule and none: after each batch of replies, the journalled ones first; judge: as the judge's
+verdicts arrive), each chain once, in the form the written file holds; `should_stop()` is
+checked after each batch and before each judge request, and ends the run with
+`core.progress.Stopped`, leaving the journals to resume from.
+
 Resuming: the replies are journalled batch by batch in OUT.replies.jsonl and the judge's
 verdicts in OUT.judge.jsonl. Both are kept after the run, so a rerun of the same command samples
 and judges nothing again; delete them to start afresh. With `test_share` > 0 the problems are
@@ -34,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +69,7 @@ from core.data.problems import Problem
 from core.data.prompting import DEFAULT_PROMPT, PromptSpec
 from core.data.steps import DEFAULT_SEGMENTER, Segmenter, split_steps
 from core.data.traces import SCHEMA_VERSION, Trace, trace_from_dict, write_traces
-from core.progress import Progress
+from core.progress import Progress, ShouldStop, check_stop
 from core.runtime.generate import SamplingConfig, sample_replies
 from core.runtime.models import LoadedModel
 
@@ -155,9 +161,13 @@ def _sha256(texts: Sequence[str]) -> str:
 
 def sample_chains(loaded: LoadedModel, problems: Sequence[Problem], out: Path,
                   config: MakeTracesConfig, reader: AnswerFormat,
-                  progress: Progress | None = None) -> tuple[list[str], int]:
+                  progress: Progress | None = None,
+                  on_replies: Callable[[Mapping[int, str]], None] | None = None,
+                  should_stop: ShouldStop | None = None) -> tuple[list[str], int]:
     """(one reply per problem and chain, problem-major; how many were sampled now), journalled
-    in OUT.replies.jsonl so an interrupted or repeated run reuses what it has."""
+    in OUT.replies.jsonl so an interrupted or repeated run reuses what it has.
+    `on_replies({index: reply})` gets the journalled replies, then each sampled batch;
+    `should_stop()` is checked before sampling and after each journalled batch."""
     prompts = [config.prompt.render(loaded.tokenizer, p.question)
                for p in problems for _ in range(config.n)]
     settings = {"model": loaded.name, "sampling": asdict(config.sampling),
@@ -168,12 +178,18 @@ def sample_chains(loaded: LoadedModel, problems: Sequence[Problem], out: Path,
     with Journal.open(journal_path, {"kind": "telltale-replies", "settings": settings}) as log:
         done = {int(entry["index"]): str(entry["reply"]) for entry in log.entries}
         sampled = 0
+        if on_replies and done:
+            on_replies(done)
+        check_stop(should_stop, "Sampling")
 
         def keep(first: int, batch: list[str]) -> None:
             nonlocal sampled
             sampled += len(batch)
             log.append({"index": first + offset, "reply": reply}
                        for offset, reply in enumerate(batch))
+            if on_replies:
+                on_replies({first + offset: reply for offset, reply in enumerate(batch)})
+            check_stop(should_stop, "Sampling")
 
         replies = sample_replies(loaded, prompts, config.sampling, batch_size=config.batch_size,
                                  progress=progress, done=done, on_batch=keep,
@@ -253,9 +269,12 @@ def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Pat
                 judge: JudgeBackend | None = None, judge_prompt: JudgePrompt | None = None,
                 progress: Progress | None = None, judge_progress: Progress | None = None,
                 problems_info: Mapping[str, Any] | None = None,
-                command: str | None = None) -> MakeTracesSummary:
+                command: str | None = None,
+                on_chains: Callable[[Sequence[Trace]], None] | None = None,
+                should_stop: ShouldStop | None = None) -> MakeTracesSummary:
     """Sample, label and write chains for `problems` (see the module docstring); `command`
-    (the command line that made them) and `problems_info` go into the sidecar."""
+    (the command line that made them) and `problems_info` go into the sidecar; `on_chains`
+    and `should_stop` follow and end a run (see the module docstring)."""
     if not problems:
         raise ValueError("No problems to answer.")
     if config.step_labels == "judge" and judge is None:
@@ -263,32 +282,60 @@ def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Pat
     out = Path(out)
     judge_prompt = (judge_prompt or JudgePrompt.load()) if judge is not None else None
     reader = config.reader(problems)
-    replies, n_sampled = sample_chains(loaded, problems, out, config, reader, progress)
-    chains, n_empty = [], 0
-    for i, reply in enumerate(replies):
+    labeller = config.step_labels if judge is None or config.step_labels != "judge" \
+        else f"judge:{judge.name}"
+    read: dict[int, tuple[_Chain, dict[str, Any]]] = {}  # reply index -> chain, outcome
+    empty: set[int] = set()  # replies without a step
+    built: dict[int, tuple[Trace, bool]] = {}  # reply index -> labelled chain, overruled
+
+    def read_reply(index: int, reply: str) -> None:
         spans = split_steps(reply, config.segmenter)
         if not spans:
-            n_empty += 1
-            continue
-        chains.append(_Chain(problems[i // config.n], i % config.n, reply,
-                             tuple(reply[s.start:s.end] for s in spans)))
-    outcomes = [_outcome(chain, reader) for chain in chains]
+            empty.add(index)
+            return
+        chain = _Chain(problems[index // config.n], index % config.n, reply,
+                       tuple(reply[s.start:s.end] for s in spans))
+        read[index] = chain, _outcome(chain, reader)
+
+    def build(index: int, result: JudgeResult | None) -> Trace:
+        record, overruled = _record(*read[index], config, labeller, result)
+        built[index] = trace_from_dict(record, config.segmenter), overruled
+        return built[index][0]
+
+    def replies_read(replies: Mapping[int, str]) -> None:
+        for index in sorted(replies):
+            read_reply(index, replies[index])
+        if on_chains and config.step_labels != "judge":
+            new = [build(index, None) for index in sorted(replies) if index in read]
+            if new:
+                on_chains(new)
+
+    replies, n_sampled = sample_chains(loaded, problems, out, config, reader, progress,
+                                       replies_read, should_stop)
+    for index, reply in enumerate(replies):
+        if index not in read and index not in empty:
+            read_reply(index, reply)
+    numbers = sorted(read)  # the chains, in reply order
     run: JudgeRun | None = None
-    labeller = config.step_labels
     if config.step_labels == "judge":
         assert judge is not None and judge_prompt is not None
-        items = [JudgeItem(c.problem.question, c.steps, o["gold"], o["answer"])
-                 for c, o in zip(chains, outcomes, strict=True)]
+        items = [JudgeItem(read[i][0].problem.question, read[i][0].steps, read[i][1]["gold"],
+                           read[i][1]["answer"]) for i in numbers]
+
+        def judged(number: int, result: JudgeResult) -> None:
+            if on_chains:
+                on_chains([build(numbers[number], result)])
+
         run = judge_items(judge, judge_prompt, items, out.with_name(out.stem + ".judge.jsonl"),
-                          config.judge_attempts, config.judge_workers, judge_progress)
-        labeller = f"judge:{judge.name}"
-    records, fixed = [], 0
-    for number, (chain, outcome) in enumerate(zip(chains, outcomes, strict=True)):
-        record, overruled = _record(chain, outcome, config, labeller,
-                                    run.results[number] if run else None)
-        records.append(record)
+                          config.judge_attempts, config.judge_workers, judge_progress,
+                          judged, should_stop)
+    traces, fixed = [], 0
+    for number, index in enumerate(numbers):
+        if index not in built:
+            build(index, run.results[number] if run else None)
+        trace, overruled = built[index]
+        traces.append(trace)
         fixed += overruled
-    traces = [trace_from_dict(record, config.segmenter) for record in records]
     groups = _split(traces, out, config.test_share, config.sampling.seed)
     labelled = [label for t in traces for label in t.step_labels if label is not None]
     settings = {"problems": dict(problems_info or {}), "n_problems": len(problems),
@@ -300,11 +347,12 @@ def make_traces(loaded: LoadedModel, problems: Sequence[Problem], out: str | Pat
                     "name": judge.name, "prompt": judge_prompt.source,
                     "prompt_sha256": judge_prompt.sha256}}
     summary = MakeTracesSummary(
-        files=tuple(groups), n_problems=len(problems), n_chains=len(traces), n_empty=n_empty,
+        files=tuple(groups), n_problems=len(problems), n_chains=len(traces),
+        n_empty=len(empty),
         n_sampled=n_sampled,
         step_label_rate=sum(labelled) / len(labelled) if labelled else None,
         outcome=trace_accuracy(traces),
-        n_judged=len(chains) if run else 0, n_judge_failed=run.n_failed if run else 0,
+        n_judged=len(numbers) if run else 0, n_judge_failed=run.n_failed if run else 0,
         n_judge_requests=run.n_requests if run else 0, n_judge_terminal_fixed=fixed)
     for path, group in groups.items():
         write_traces(path, group)

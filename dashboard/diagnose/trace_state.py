@@ -30,12 +30,14 @@ SIGNALS_REQUEST_KEY = "signals_request"  # session state: what "Compute signals"
 
 def sample_files(folder: Path = SAMPLE_FOLDER) -> list[Path]:
     """The trace files shipped with the project (`sample_traces/*.jsonl`), sorted by name;
-    fine-tuning samples (`finetune_*`) and reply journals of unfinished runs are left out, as
-    are subfolders (probes, label audits)."""
+    fine-tuning samples (`finetune_*`), problem files (`*_problems.jsonl`, the chain maker's)
+    and reply journals of unfinished runs are left out, as are subfolders (probes, label
+    audits)."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("*.jsonl")
-                  if not p.name.startswith("finetune_") and not p.name.endswith(".replies.jsonl"))
+                  if not p.name.startswith("finetune_")
+                  and not p.name.endswith((".replies.jsonl", "_problems.jsonl")))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

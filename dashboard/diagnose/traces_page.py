@@ -1,6 +1,7 @@
-"""Traces page: load a trace file (any supported format), browse its chains and their step
-labels, diagnose them with a probe (step scores, prefix trajectory, flagged steps, corpus
-metrics against the baselines), and plot the model's per-step baseline signals.
+"""Traces page: load a trace file (any supported format) or have the model make chains for a
+problem set (`generate_panel`, a background run), browse the chains and their step labels,
+diagnose them with a probe (step scores, prefix trajectory, flagged steps, corpus metrics
+against the baselines), and plot the model's per-step baseline signals.
 
 Inputs -> request -> run -> show: reading files, scoring and metrics are `core` calls made
 through `trace_state` and `probe_state` (cached) and run with `dashboard.common.runs`; the probe
@@ -26,6 +27,7 @@ from dashboard.common.widgets import FileChoice, choose_file, report_issues, tab
 from dashboard.diagnose import corpus_panel, probe_charts, probe_panels, probe_picker
 from dashboard.diagnose import trace_charts as charts
 from dashboard.diagnose import trace_state as tstate
+from dashboard.diagnose.generate_panel import choose_chains
 from dashboard.diagnose.trace_state import SignalsRequest
 
 SAMPLE_KEY = "traces_sample"
@@ -192,7 +194,7 @@ def render() -> None:
     st.title("Traces")
     st.caption("Chains of thought with step labels: browse them, then see how sure the model "
                "was at every step.")
-    chosen = choose_file(tstate.sample_files(), FILE_CHOICE)
+    chosen = choose_chains(lambda: choose_file(tstate.sample_files(), FILE_CHOICE))
     if chosen is None:
         return
     name, data = chosen
