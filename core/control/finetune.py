@@ -52,7 +52,6 @@ from core.control.matching import (
     relative_reduction,
     seed_summary,
 )
-from core.control.run_journal import run_journal
 from core.control.training import (
     OPTIMIZERS,
     answer_accuracy,
@@ -63,6 +62,7 @@ from core.control.training import (
     train,
     trainable_copy,
 )
+from core.data.journal import Journal
 from core.progress import Progress
 from core.runtime.models import LoadedModel
 
@@ -268,6 +268,36 @@ def _seed_data(tokenizer: Any, train_examples: Sequence[FinetuneExample],
                      batch_schedule(len(encoded), config.steps, config.batch_size, seed))
 
 
+class _RunBook:
+    """Finished units (base evaluations, runs) by key; with a path, read from and appended to a
+    `core.data.journal.Journal` ({"key": ..., "value": {...}} per line after the settings), so
+    an interrupted comparison resumes and a rerun with other levels reads the same runs."""
+
+    def __init__(self, path: str | Path | None, settings: dict[str, Any]) -> None:
+        self.journal = None if path is None else Journal.open(path, {"settings": settings})
+        self.units: dict[str, dict[str, Any]] = {}
+        for line, entry in enumerate(self.journal.entries if self.journal else [], start=2):
+            if not (isinstance(entry.get("key"), str) and isinstance(entry.get("value"), dict)):
+                raise ValueError(f"{path}, line {line}: not a finished run (fields key and "
+                                 "value, an object).")
+            self.units[entry["key"]] = entry["value"]
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.units.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        """Record a unit (as a rerun will read it back) and return that."""
+        stored: dict[str, Any] = json.loads(json.dumps(value))
+        self.units[key] = stored
+        if self.journal is not None:
+            self.journal.append([{"key": key, "value": stored}])
+        return stored
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+
+
 def _final_row(seed: int, method: str, optimizer: str, lr: float, steps: int, gate: float,
                metrics: dict[str, float], base: dict[str, float], d_theta: float,
                seconds: float) -> dict[str, Any]:
@@ -311,13 +341,13 @@ def compare_methods(loaded: LoadedModel, train_examples: Sequence[FinetuneExampl
     reference.requires_grad_(False)
     final_rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
-    with run_journal(journal, settings) as book:
+    book = _RunBook(journal, settings)
+    try:
         for seed in config.seeds:
             data = _seed_data(tokenizer, train_examples, general, target_eval, config, seed)
             base = book.get(f"{seed}/base")
             if base is None:
-                base = evaluate(reference, tokenizer, data.sets, config)
-                book.put(f"{seed}/base", base)
+                base = book.put(f"{seed}/base", evaluate(reference, tokenizer, data.sets, config))
             tick()
             final_rows.append(_final_row(seed, "base", config.optimizer, 0.0, 0, math.nan, base,
                                          base, 0.0, 0.0))
@@ -328,9 +358,8 @@ def compare_methods(loaded: LoadedModel, train_examples: Sequence[FinetuneExampl
                     lr = config.learning_rate
                     if method == "sft_lr_matched":
                         lr *= eaft_gate if eaft_gate is not None else 1.0
-                    run = _run_method(method, seed, lr, config, reference, tokenizer, data, base,
-                                      tick)
-                    book.put(f"{seed}/{method}", run)
+                    run = book.put(f"{seed}/{method}", _run_method(
+                        method, seed, lr, config, reference, tokenizer, data, base, tick))
                     gc.collect()  # the run's model copy
                 else:
                     tick(per_run)
@@ -339,6 +368,8 @@ def compare_methods(loaded: LoadedModel, train_examples: Sequence[FinetuneExampl
                 final_rows.append(run["final"])
                 curve_rows += [{"seed": seed, "method": method, **point}
                                for point in run["curve"]]
+    finally:
+        book.close()
     return _result(config, final_rows, curve_rows)
 
 
