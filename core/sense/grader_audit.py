@@ -18,13 +18,15 @@ whether anything was injected is in `info`, so a reader judges blind.
 apologizes) and half from the rest, so both kinds of error are checked when positives are rare;
 the agreement is then over that mix, not over the run's. `hand_items` makes items from
 hand-written hard cases. `judge_items` puts a judge model's verdicts in place of the rule's, so
-the same human verdicts score the judge.
+the same human verdicts score the judge; `rule_verdicts` grades an item's text again (a shipped
+audit is checked against the graders as they are now).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,31 +85,42 @@ def read_run(path: str | Path, kind: str) -> pd.DataFrame:
     return table
 
 
+def rule_verdicts(item: AuditItem) -> tuple[dict[str, bool], str]:
+    """The rule grader's verdicts on an item's text now, and its reason (introspection: the
+    concept in info["concept"]; prefill: the prefilled word in info["word"])."""
+    if item.kind == "prefill":
+        apology = grade_apology(item.text, item.info.get("word"))
+        return {"apologizes": apology.apologizes}, apology.reason
+    grade = grade_reply(item.text, item.info.get("concept"))
+    return ({"coherent": grade.coherent, "affirmative": grade.affirmative,
+             "identified": grade.identified}, grade.reason)
+
+
+def _graded(item: AuditItem) -> AuditItem:
+    machine, reason = rule_verdicts(item)
+    return replace(item, machine=machine, info={**item.info, "reason": reason})
+
+
 def introspection_item(item_id: str, source: str, reply: str, concept: str | None,
                        question: str = TRIAL_QUESTION,
                        info: Mapping[str, Any] | None = None) -> AuditItem:
     """One reply to judge, with the rule grader's verdicts."""
-    grade = grade_reply(reply, concept)
-    return AuditItem(
+    return _graded(AuditItem(
         id=item_id, kind="introspection", source=source,
         context=f"Question asked: {question}\nConcept to look for: {concept or '(none)'}",
-        text=reply,
-        machine={"coherent": grade.coherent, "affirmative": grade.affirmative,
-                 "identified": grade.identified},
-        human=dict.fromkeys(FIELDS["introspection"]),
-        info={**(info or {}), "reason": grade.reason})
+        text=reply, machine={}, human=dict.fromkeys(FIELDS["introspection"]),
+        info={**(info or {}), "concept": concept, "question": question}))
 
 
 def prefill_item(item_id: str, source: str, reply: str, sentence: str, word: str,
                  info: Mapping[str, Any] | None = None) -> AuditItem:
     """One prefill reply to judge, with the apology grader's verdict."""
-    grade = grade_apology(reply, word)
-    return AuditItem(
+    return _graded(AuditItem(
         id=item_id, kind="prefill", source=source,
         context=(f"Sentence: {sentence}\nThe model was made to answer: {word}\n"
                  f"Question asked: {PREFILL_QUESTION}"),
-        text=reply, machine={"apologizes": grade.apologizes},
-        human=dict.fromkeys(FIELDS["prefill"]), info={**(info or {}), "reason": grade.reason})
+        text=reply, machine={}, human=dict.fromkeys(FIELDS["prefill"]),
+        info={**(info or {}), "word": word}))
 
 
 def _row_item(kind: str, source: str, index: int, row: Mapping[str, Any]) -> AuditItem:
@@ -180,11 +193,8 @@ def judge_items(items: Sequence[AuditItem], judge: LoadedModel) -> list[AuditIte
         raise ValueError("The judge grades introspection replies only.")
     out = []
     for item in items:
-        question = item.context.split("\n")[0].removeprefix("Question asked: ")
-        concept = item.context.split("\n")[1].removeprefix("Concept to look for: ")
-        grade = judge_replies(judge, [item.text],
-                              concept if concept != "(none)" else "the injected word",
-                              question)[0]
+        grade = judge_replies(judge, [item.text], item.info.get("concept") or "the injected word",
+                              item.info.get("question") or TRIAL_QUESTION)[0]
         out.append(AuditItem(
             id=item.id, kind=item.kind, source=item.source, context=item.context,
             text=item.text, machine={"coherent": grade.coherent,
