@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -199,3 +201,26 @@ def test_newline_ending_a_line_belongs_to_its_step() -> None:
     index = token_step_index(offsets, split_steps(response))
     newline_tokens = [i for i, (a, b) in enumerate(offsets) if response[a:b] == "\n"]
     assert [index[i] for i in newline_tokens] == [0, 1]
+
+
+def test_a_catastrophic_pattern_is_a_clear_error_within_a_second() -> None:
+    import time
+
+    from core.data.traces import read_traces
+
+    segmenter = Segmenter("regex", r"(a+)+$")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="backtracks catastrophically"):
+        split_steps("a" * 5000 + "b", segmenter)
+    assert time.perf_counter() - start < 1.0
+    line = json.dumps({"id": 1, "prompt": "q", "response": "a" * 5000 + "b"}) + "\n"
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="backtracks catastrophically"):
+        read_traces((line * 50).encode(), segmenter=segmenter)
+    assert time.perf_counter() - start < 1.0  # the first slow line stops the read
+
+
+def test_a_harmless_pattern_still_splits() -> None:
+    spans = split_steps("First a.\nThen b.\nFinally c.",
+                        Segmenter("regex", r"^(?:First|Then|Finally)\b"))
+    assert len(spans) == 3

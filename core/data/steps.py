@@ -37,7 +37,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import regex
+
 SEGMENT_MODES: tuple[str, ...] = ("lines", "sentences", "numbered", "regex")
+PATTERN_SECONDS = 0.3  # time limit of a user's step pattern on one text
 
 _THINK_TAG = re.compile(r"</?think>", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]}»]*(?=\s|$)")
@@ -68,8 +71,8 @@ class Segmenter:
         if not self.pattern:
             raise ValueError("Mode 'regex' needs a pattern that matches the start of each step.")
         try:
-            re.compile(self.pattern, re.MULTILINE)
-        except re.error as error:
+            regex.compile(self.pattern, regex.MULTILINE)
+        except (regex.error, RecursionError, OverflowError) as error:
             raise ValueError(f"The step pattern {self.pattern!r} is not a valid regex: {error}.")\
                 from None
 
@@ -111,7 +114,20 @@ def _mode_cuts(text: str, segmenter: Segmenter) -> list[int]:
     if segmenter.mode == "numbered":
         return [match.start() for match in _NUMBERED_START.finditer(text)]
     assert segmenter.pattern is not None  # checked in Segmenter.__post_init__
-    return [match.start() for match in re.finditer(segmenter.pattern, text, re.MULTILINE)]
+    return _pattern_starts(segmenter.pattern, text)
+
+
+def _pattern_starts(pattern: str, text: str) -> list[int]:
+    """Where a user's step pattern matches, under a time limit: a pattern that backtracks
+    catastrophically (e.g. "(a+)+$" on a long step) is a ValueError within PATTERN_SECONDS,
+    never a hung server. The `regex` engine is used because it can stop a match in progress."""
+    compiled = regex.compile(pattern, regex.MULTILINE)
+    try:
+        return [match.start() for match in compiled.finditer(text, timeout=PATTERN_SECONDS)]
+    except TimeoutError:
+        raise ValueError(f"The step pattern {pattern!r} took longer than {PATTERN_SECONDS} s on "
+                         f"a text of {len(text)} characters (it backtracks catastrophically); "
+                         "simplify it, e.g. without nested repeats like (a+)+.") from None
 
 
 def split_steps(text: str, segmenter: Segmenter = DEFAULT_SEGMENTER) -> list[CharSpan]:
