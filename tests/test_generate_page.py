@@ -335,7 +335,8 @@ def request(**changes: Any) -> GenerateRequest:
     return GenerateRequest(**values)
 
 
-def test_requests_round_trip_and_name_their_run() -> None:
+def test_requests_round_trip_and_name_their_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELLTALE_JUDGE_KEY_VARS", "MY_API_KEY")
     judged = request(step_labels="judge", judge=JudgeChoice("stub", "http://127.0.0.1:1/v1",
                                                             "MY_API_KEY", 2))
     for value in (request(), judged):
@@ -351,7 +352,9 @@ def test_requests_round_trip_and_name_their_run() -> None:
             JudgeChoice(**bad_judge)
 
 
-def test_the_command_line_says_what_the_run_does(tmp_path: Path) -> None:
+def test_the_command_line_says_what_the_run_does(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELLTALE_JUDGE_KEY_VARS", "MY_API_KEY")
     from core.cli.main import build_parser
 
     judged = request(step_labels="judge", source="arith", problems="arith", problems_hash="",
@@ -378,3 +381,12 @@ def test_problem_files_are_offered_as_problems_not_as_traces() -> None:
 
     assert "arith_problems.jsonl" in [path.name for path in shipped_problem_files()]
     assert not [path for path in sample_files() if path.name.endswith("_problems.jsonl")]
+
+
+def test_only_the_allowed_key_variables_leave_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELLTALE_JUDGE_KEY_VARS", raising=False)
+    with pytest.raises(ValueError, match="sends only the keys in TELLTALE_JUDGE_API_KEY"):
+        JudgeChoice("stub", "http://127.0.0.1:1/v1", "AWS_SECRET_KEY", 2)
+    JudgeChoice("stub", "http://127.0.0.1:1/v1", "OPENAI_API_KEY", 2)
+    monkeypatch.setenv("TELLTALE_JUDGE_KEY_VARS", "AWS_SECRET_KEY")
+    JudgeChoice("stub", "http://127.0.0.1:1/v1", "AWS_SECRET_KEY", 2)

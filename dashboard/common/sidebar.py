@@ -13,9 +13,11 @@ from core.runtime.models import DEFAULT_SPEC, DEVICES, DTYPES, LoadedModel
 from dashboard.common.state import (
     ModelChoice,
     get_model,
+    listening_beyond_this_machine,
     load_error_sentence,
     model_choice,
     set_model_choice,
+    unload_model,
 )
 
 SPEC_KEY = "sidebar_model_spec"
@@ -25,6 +27,12 @@ ERROR_KEY = "sidebar_model_error"  # the last load failure, shown until the next
 
 SPEC_HELP = ("'default' is the embedded SmolLM2-135M-Instruct (no download). Also: a hub id "
              "such as Qwen/Qwen2.5-0.5B-Instruct, a local model folder, or a .gguf file.")
+
+
+EXPOSED_WARNING = (
+    "This server listens beyond this machine: anyone who can reach its port can load models "
+    "and read files the server can read. Start it with `make run` (127.0.0.1) unless you mean "
+    "that.")
 
 
 def format_count(n: int) -> str:
@@ -72,6 +80,8 @@ def model_card(loaded: LoadedModel) -> None:
 def render_model_sidebar() -> LoadedModel | None:
     """Draw the model inputs and card; load the chosen model (cached). Returns it, or None."""
     with st.sidebar:
+        if listening_beyond_this_machine():
+            st.warning(EXPOSED_WARNING)
         st.header("Model")
         st.text_input("Model", value=DEFAULT_SPEC, key=SPEC_KEY, help=SPEC_HELP)
         left, right = st.columns(2)
@@ -96,6 +106,9 @@ def render_model_sidebar() -> LoadedModel | None:
             st.error(st.session_state[ERROR_KEY])
             return None
         model_card(loaded)
+        st.button("Unload model", width="stretch", on_click=unload_model,
+                  help="Free the model's memory (for every session of this server; the next "
+                       "run loads it again).")
         if typed_choice() != choice:
             st.caption("The inputs above differ from the loaded model: press **Load model** "
                        "to switch.")

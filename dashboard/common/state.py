@@ -10,12 +10,15 @@ session state about it.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+import torch
 
+from core.runtime.access import ModelAccess
 from core.runtime.models import (
     DEFAULT_SPEC,
     DEVICES,
@@ -62,8 +65,28 @@ class ModelChoice:
 @st.cache_resource(show_spinner=False, max_entries=1)
 def get_model(spec: str, device: str, dtype: str) -> LoadedModel:
     """Load a model once per process (one at a time: a new choice evicts the old one, so two
-    large models never share memory). Raises `ModelLoadError`; failures are not cached."""
-    return load_model(spec, LoadOptions(device=device, dtype=dtype))
+    large models never share memory). Raises `ModelLoadError`; failures are not cached.
+
+    The app is a server: a typed spec that names a local path must lie under the allowed
+    folders (`core.runtime.access`), and a model's own repository code never runs
+    (trust_remote_code stays off whatever is typed)."""
+    ModelAccess.from_environment().check(spec)
+    return load_model(spec, LoadOptions(device=device, dtype=dtype, trust_remote_code=False))
+
+
+def unload_model() -> None:
+    """Free the process's model (every session loads it again on its next use)."""
+    get_model.clear()
+    set_model_choice(None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def listening_beyond_this_machine() -> bool:
+    """True when the server listens on an address other machines can reach."""
+    address = str(st.get_option("server.address") or "")
+    return address not in ("127.0.0.1", "localhost", "::1")
 
 
 def load_error_sentence(spec: str, error: Exception) -> str:
@@ -121,5 +144,5 @@ def content_hash(data: bytes) -> str:
 __all__ = [
     "MODEL_CHOICE_KEY", "NO_MODEL", "REPO_ROOT", "SAMPLE_FOLDER", "ModelChoice", "ModelKey",
     "content_hash", "current_model", "get_model", "load_error_sentence", "model_choice",
-    "model_key", "set_model_choice",
+    "listening_beyond_this_machine", "model_key", "set_model_choice", "unload_model",
 ]

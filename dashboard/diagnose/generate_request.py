@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +29,15 @@ from dashboard.common.state import SAMPLE_FOLDER, ModelKey, model_key
 
 SOURCES = ("shipped", "upload", "arith")
 KEY_ENV_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*_(KEY|TOKEN)")
+EXTRA_KEY_VARS_ENV = "TELLTALE_JUDGE_KEY_VARS"  # more key variables the server may send out
+
+
+def allowed_key_variables() -> tuple[str, ...]:
+    """The environment variables a judge key may come from: the two defaults, and those the
+    person who started the server listed (comma-separated) in TELLTALE_JUDGE_KEY_VARS. Anyone
+    who can reach the page chooses the URL the key goes to, so no other variable is read."""
+    extra = [v.strip() for v in os.environ.get(EXTRA_KEY_VARS_ENV, "").split(",") if v.strip()]
+    return tuple(dict.fromkeys([*KEY_ENV_VARS, *extra]))
 MAX_WORKERS = 32
 
 
@@ -54,6 +64,10 @@ class JudgeChoice:
         if self.key_env and not KEY_ENV_PATTERN.fullmatch(self.key_env):
             raise ValueError(f"The key's variable must be a name ending in _KEY or _TOKEN (the "
                              f"app reads no other variable), not {self.key_env[:60]!r}.")
+        if self.key_env and self.key_env not in allowed_key_variables():
+            raise ValueError(f"The app sends only the keys in {', '.join(allowed_key_variables())}"
+                             f"; the server's owner can allow {self.key_env} by listing it in "
+                             f"{EXTRA_KEY_VARS_ENV} before starting the server.")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"Parallel requests must be between 1 and {MAX_WORKERS}.")
 
