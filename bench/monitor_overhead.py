@@ -11,7 +11,7 @@ kept; see `core.diagnose.monitor.nucleus`), which pays for much of what the hook
 extra forward of the last token cost. Prints tokens per second of both and the ratio last
 (target: monitored at most 1.05 times plain in time per token).
 
-    python bench/monitor_overhead.py [--prompts 4] [--tokens 64] [--probe NAME]
+    python bench/monitor_overhead.py [--prompts 4] [--tokens 64] [--probe NAME] [--threads 1]
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ def main() -> None:
     parser.add_argument("--probe", default=None)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice; 1 is steadier on a "
+                             "shared CPU)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
     bundle = (load_probe(args.probe) if args.probe
               else random_probe(loaded.hidden_size, loaded.n_layers // 2, 0.5))
@@ -95,6 +100,7 @@ def main() -> None:
     print(f"backtracking: {len(result.discarded)} retries, {extra} extra tokens processed for "
           f"{steps} tokens of discarded steps (ratio {extra / max(steps, 1):.2f}; the prefix is "
           "never re-encoded)")
+    print(f"{len(questions)} prompts x {args.tokens} tokens, {torch.get_num_threads()} threads")
     print(f"time per token, monitored / plain: {per_monitored / per_plain:.3f}")
 
 
