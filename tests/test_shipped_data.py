@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.data.answers import answers_match, read_answer
+from core.data.answers import AnswerFormat, answers_match, read_answer
 from core.data.label_audit import read_audit, score_audit
 from core.data.read_chains import make_read_chains
 from core.data.traces import read_traces
@@ -34,21 +34,36 @@ def test_labelled_set_is_large_clean_and_split_by_problem() -> None:
     problems = [{t.problem_id for t in load.traces} for load in (train, test)]
     assert problems[0].isdisjoint(problems[1])
     for trace in train.traces + test.traces:  # every step labelled, outcome known
-        assert trace.is_correct is not None
+        assert trace.is_correct is not None and trace.answered is not None
         assert all(step.label in (0, 1) for step in trace.steps)
+        # the raw reply, read strictly (numeric golds); the paper's terminal consistency
+        answer = AnswerFormat(numeric=True).read(trace.response)
+        assert trace.answer == (answer.text if answer else None)
+        assert trace.answered == (answer is not None)
+        assert trace.prefix_labels[-1] == int(not trace.is_correct)
     meta = json.loads((SAMPLES / "arith_train.meta.json").read_text())
     assert meta["regenerate"].startswith("telltale make-traces")
+    assert meta["settings"]["prefix_labels"] == "paper"
 
 
 @own_chains
-def test_hand_check_of_the_labels_is_complete_and_from_the_training_file() -> None:
-    items = read_audit(SAMPLES / "audits" / "arith_labels.jsonl")
-    steps = {(t.id, i): s for t in read_traces(TRAIN).traces for i, s in enumerate(t.steps)}
-    for item in items:  # each judged step is the training file's, with its rule label
-        step = steps[(item.source, item.info["step_index"])]
+def test_hand_checks_are_complete_and_from_the_training_file() -> None:
+    traces = {t.id: t for t in read_traces(TRAIN).traces}
+    steps = read_audit(SAMPLES / "audits" / "arith_steps.jsonl")
+    for item in steps:  # each judged step is the training file's, with its rule label
+        step = traces[item.source].steps[item.info["step_index"]]
         assert (step.text, step.label) == (item.text, item.machine["label"])
-    score = score_audit(items)
-    assert score.n_judged == len(items) >= 100 and score.n_unjudged == 0
+    answers = read_audit(SAMPLES / "audits" / "arith_answers.jsonl")
+    for item in answers:  # each judged reply is the training file's, with its strict answer
+        trace = traces[item.source]
+        assert item.text == trace.response and item.machine == {
+            "answered": trace.answered, "answer": trace.answer, "is_correct": trace.is_correct}
+    for items in (steps, answers):
+        score = score_audit(items)
+        assert score.n_judged == len(items) >= 100 and score.n_unjudged == 0
+    # the hand check of the set before it was rebuilt, kept (first audit format, converted)
+    old = read_audit(SAMPLES / "audits" / "arith_labels.jsonl")
+    assert len(old) == 100 and score_audit(old).field("label").n_agree == 96
 
 
 @own_chains
