@@ -249,8 +249,53 @@ class CaptureSet:
         return self.features[key]
 
 
+_MANIFEST_TYPES = {"model": str, "hidden_size": int, "layers": list, "traces_hash": str,
+                   "n_chains": int}
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A shard's manifest.json with its fields checked; ValueError naming the file."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not a capture manifest (not valid JSON: {err}).") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a capture manifest (not a JSON object).")
+    for name, kind in _MANIFEST_TYPES.items():
+        value = manifest.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{path}, field '{name}': expected {kind.__name__}, got "
+                             f"{json.dumps(value)[:60]}.")
+    return manifest
+
+
+def _read_chunk(index_path: Path) -> tuple[pd.DataFrame, dict[tuple[int, str], np.ndarray]]:
+    """One chunk's step index and its pooled features; ValueError naming the file."""
+    tensors_path = index_path.with_suffix(".safetensors")
+    try:
+        frame = pd.read_parquet(index_path)
+        tensors = load_file(str(tensors_path))
+    except Exception as err:  # noqa: BLE001 - pyarrow and safetensors raise their own types
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"The capture chunk {index_path} (or its .safetensors) cannot be read "
+                         f"({type(err).__name__}: {first}); capture again into a new "
+                         "folder.") from None
+    blocks = {}
+    for name, tensor in tensors.items():
+        layer, _, pooling = name[1:].partition(".")
+        if not (name.startswith("L") and layer.isdigit() and pooling) \
+                or tensor.ndim != 2 or tensor.shape[0] != len(frame):
+            raise ValueError(f"{tensors_path}: tensor '{name}' does not match its chunk's "
+                             f"{len(frame)} steps; capture again into a new folder.")
+        blocks[(int(layer), pooling)] = tensor.numpy()
+    return frame, blocks
+
+
 def load_capture(path: str | Path) -> CaptureSet:
-    """Read every shard and chunk under `path` (a capture folder or one shard) in order."""
+    """Read every shard and chunk under `path` (a capture folder or one shard) in order.
+
+    A missing manifest is FileNotFoundError; a broken manifest, chunk or tensor file, or shards
+    of different captures, a ValueError naming the file."""
     root = Path(path)
     shard_dirs = sorted(root.glob("shard-*")) or [root]
     manifests = []
@@ -260,22 +305,24 @@ def load_capture(path: str | Path) -> CaptureSet:
         manifest_file = shard_dir / "manifest.json"
         if not manifest_file.exists():
             raise FileNotFoundError(f"{shard_dir} is not a capture folder (no manifest.json).")
-        manifests.append(json.loads(manifest_file.read_text()))
+        manifests.append(_read_manifest(manifest_file))
         for index_path in sorted(shard_dir.glob("chunk-*.parquet")):
-            frames.append(pd.read_parquet(index_path))
-            tensors = load_file(str(index_path.with_suffix(".safetensors")))
-            for name, tensor in tensors.items():
-                layer, pooling = name[1:].split(".", 1)
-                blocks.setdefault((int(layer), pooling), []).append(tensor.numpy())
+            frame, chunk = _read_chunk(index_path)
+            frames.append(frame)
+            for key, block in chunk.items():
+                blocks.setdefault(key, []).append(block)
     keys = {(m["model"], m["hidden_size"], tuple(m["layers"]), m["traces_hash"]) for m in manifests}
     if len(keys) > 1:
         raise ValueError(f"The shards under {root} come from different captures (model, layers or "
                          "trace file differ); capture them again with the same settings.")
     index = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if any(len(v) != len(frames) for v in blocks.values()):
+        raise ValueError(f"The chunks under {root} do not all hold the same layers and poolings; "
+                         "capture again into a new folder.")
     features = {k: np.concatenate(v) for k, v in blocks.items()}
     merged = dict(manifests[0])
     merged["n_chains"] = sum(m["n_chains"] for m in manifests)
-    merged["shards"] = [m["shard"] for m in manifests]
+    merged["shards"] = [m.get("shard") for m in manifests]
     return CaptureSet(index=index, features=features, manifest=merged)
 
 

@@ -326,16 +326,51 @@ def _recipe_from(name: str, data: Mapping[str, Any]) -> ConceptRecipe:
     return ConceptRecipe(name, data["method"], tuple(data["words"]), tuple(data["negatives"]))
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
+_SIDECAR_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": str, "hidden_size": int, "layer": int, "layers": list, "name": str,
+    "method": str, "words": list, "negatives": list, "position": str, "tensors_sha256": str,
+    "norm": (int, float), "concepts": dict}
+
+
+_VECTOR_FIELDS = ("model", "hidden_size", "layer", "name", "method", "words", "negatives",
+                  "tensors_sha256")
+_LIBRARY_FIELDS = ("model", "hidden_size", "layers", "concepts", "tensors_sha256")
+
+
+def _read_sidecar(path: Path, required: Sequence[str]) -> dict[str, Any]:
+    """The JSON sidecar of a vector or library with its `required` fields, types checked;
+    ValueError naming the file and the field for anything else."""
     if not path.is_file():
         raise FileNotFoundError(f"Concept sidecar {path} does not exist.")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}).") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}).") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}).") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a Telltale concept file (format {FORMAT}).")
+    _check_fields(meta, path, required)
     return meta
+
+
+def _check_fields(meta: Mapping[str, Any], path: Path, required: Sequence[str]) -> None:
+    for name, kind in _SIDECAR_TYPES.items():
+        value = meta.get(name)
+        if value is None and name not in required:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{path}, field '{name}': expected "
+                             f"{'a number' if isinstance(kind, tuple) else kind.__name__}, got "
+                             f"{json.dumps(value)[:60]}.")
+    if meta["hidden_size"] < 1:
+        raise ValueError(f"{path}, field 'hidden_size': must be positive.")
+    layers = meta.get("layers", [meta.get("layer")])
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers):
+        raise ValueError(f"{path}, field 'layers': expected layer numbers (0 or more).")
+    for name in ("words", "negatives"):
+        if name in meta and not all(isinstance(w, str) for w in meta[name]):
+            raise ValueError(f"{path}, field '{name}': expected a list of strings.")
 
 
 def _load_tensors(path: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -379,15 +414,20 @@ def save_library(library: ConceptLibrary, folder: str | Path) -> Path:
 def load_library(folder: str | Path, loaded: LoadedModel | None = None) -> ConceptLibrary:
     """Read a library written by `save_library`; with `loaded`, check it is for that model."""
     where = Path(folder)
-    meta = _read_sidecar(where / LIBRARY_SIDECAR)
+    meta = _read_sidecar(where / LIBRARY_SIDECAR, _LIBRARY_FIELDS)
     check_model(meta, loaded, where)
     tensors = _load_tensors(where / LIBRARY_TENSORS, meta)
     names = list(meta["concepts"])
     if set(names) != set(tensors):
         raise ValueError(f"{where}: the sidecar and the tensors list different concepts.")
-    recipes = {n: _recipe_from(n, meta["concepts"][n]) for n in names}
-    return ConceptLibrary(meta["model"], int(meta["hidden_size"]), tuple(meta["layers"]), recipes,
-                          {n: tensors[n] for n in names}, meta.get("position", LAST_PROMPT_TOKEN))
+    try:
+        recipes = {n: _recipe_from(n, meta["concepts"][n]) for n in names}
+        return ConceptLibrary(meta["model"], int(meta["hidden_size"]), tuple(meta["layers"]),
+                              recipes, {n: tensors[n] for n in names},
+                              meta.get("position", LAST_PROMPT_TOKEN))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where / LIBRARY_SIDECAR} does not describe its vectors: "
+                         f"{err}.") from None
 
 
 def _pair_paths(path: str | Path) -> tuple[Path, Path]:
@@ -412,11 +452,14 @@ def save_concept(vector: ConceptVector, path: str | Path) -> tuple[Path, Path]:
 def load_concept(path: str | Path, loaded: LoadedModel | None = None) -> ConceptVector:
     """Read a vector written by `save_concept`; with `loaded`, check it is for that model."""
     tensors_path, sidecar = _pair_paths(path)
-    meta = _read_sidecar(sidecar)
+    meta = _read_sidecar(sidecar, _VECTOR_FIELDS)
     check_model(meta, loaded, sidecar)
-    tensor = _load_tensors(tensors_path, meta)["vector"]
-    if tensor.shape[0] != int(meta["hidden_size"]):
-        raise ValueError(f"{tensors_path} holds a vector of size {tensor.shape[0]}, but its "
-                         f"sidecar says {meta['hidden_size']}.")
-    return ConceptVector(_recipe_from(meta["name"], meta), tensor, meta["model"],
-                         int(meta["layer"]), meta.get("position", LAST_PROMPT_TOKEN))
+    tensor = _load_tensors(tensors_path, meta).get("vector")
+    if tensor is None or tensor.shape != (int(meta["hidden_size"]),):
+        raise ValueError(f"{tensors_path} does not hold one vector of the size its sidecar says "
+                         f"({meta['hidden_size']}).")
+    try:
+        return ConceptVector(_recipe_from(meta["name"], meta), tensor, meta["model"],
+                             int(meta["layer"]), meta.get("position", LAST_PROMPT_TOKEN))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{sidecar} does not describe its vector: {err}.") from None
