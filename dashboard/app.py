@@ -18,6 +18,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on th
 
 import streamlit as st  # noqa: E402
 
+from dashboard.common.jobs import board, current_session  # noqa: E402
 from dashboard.common.sidebar import render_model_sidebar  # noqa: E402
 from dashboard.control import page as finetune  # noqa: E402
 from dashboard.diagnose import live_page, traces_page  # noqa: E402
@@ -39,6 +40,7 @@ PAGES = [
 def main() -> None:
     st.set_page_config(page_title="Telltale", page_icon=":material/psychology:", layout="wide")
     page = st.navigation(PAGES)
+    board().leave_others(current_session(), page.url_path)  # the Live run stops when left
     render_model_sidebar()
     page.run()
 

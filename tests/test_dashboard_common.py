@@ -238,3 +238,57 @@ def test_the_board_drops_the_oldest_finished_jobs() -> None:
     assert board.get("last") is not None and len(board) <= 5
     release.set()
     assert running.wait(5)
+
+
+def _wait_for_stop(job: Job[Any]) -> Any:
+    while not job.should_stop():
+        time.sleep(0.01)
+    return "stopped"
+
+
+def test_leaving_a_page_stops_its_jobs_unless_they_keep_going(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard.common import jobs
+
+    monkeypatch.setattr(jobs, "current_session", lambda: "s1")
+    board = Board()
+    live = board.start("live", _wait_for_stop, "Live", page="live")
+    compare = board.start("compare", _wait_for_stop, "Compare", page="fine-tuning",
+                          keeps_going=True)
+    assert board.leave_others("s1", "live") == [] and live.running
+    assert board.leave_others("s2", "traces") == []  # another session's page view
+    assert board.leave_others("s1", "traces") == [live]
+    assert live.wait(5) and live.result == "stopped" and compare.running
+    compare.stop()
+    assert compare.wait(5)
+
+
+def test_a_job_stops_when_its_session_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard.common import jobs
+
+    alive = {"s1": True}
+    monkeypatch.setattr(jobs, "current_session", lambda: "s1")
+    monkeypatch.setattr(jobs, "session_alive", lambda session: alive[session])
+    monkeypatch.setattr(jobs, "SESSION_CHECK_S", 0.0)
+    board = Board()
+    job = board.start("k", _wait_for_stop, "Work", page="live", keeps_going=True)
+    time.sleep(0.05)
+    assert job.running
+    alive["s1"] = False  # the tab closed
+    assert job.wait(5) and job.result == "stopped"
+    board.leave_others(None, "traces")
+    assert board.get("k") is None  # a finished job of an ended session is dropped
+
+
+def test_report_or_stop_ends_core_work_without_an_error() -> None:
+    def work(job: Job[Any]) -> str:
+        for step in range(1000):
+            job.report_or_stop(step, 1000)
+            time.sleep(0.005)
+        return "done"
+
+    job = Board().start("k", work, "The comparison")
+    time.sleep(0.05)
+    job.stop()
+    assert job.wait(5)
+    assert job.result is None and job.error is None and job.done < 999

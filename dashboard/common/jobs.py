@@ -17,21 +17,48 @@ The work is `work(job)`: it reports progress with `job.report(done, total)` (a
 `core.progress.Progress`), may publish a partial result with `job.publish(value)`, checks
 `job.should_stop()` (a `threading.Event`) between units, and returns the result; an exception
 becomes one sentence in `job.error`.
+
+Abandoned work stops: a job remembers the session that started it (`owner`) and its page.
+`should_stop()` is also true once that session has ended (the browser tab closed), and
+`Board.leave_others(session, page)`, called by the app on every script run, stops the
+session's jobs of other pages unless they were started with `keeps_going=True` (the page then
+says so and offers Stop). A stopped job's thread ends at its next check and the board drops
+it with its memory.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import streamlit as st
 
+from core.progress import Stopped, check_stop
 from dashboard.common.runs import error_sentence
 
 T = TypeVar("T")
 MAX_FINISHED = 16  # finished jobs kept on the board (each holds one small result)
+SESSION_CHECK_S = 1.0  # how often a job asks whether its session still exists
+
+
+def current_session() -> str | None:
+    """The id of the session whose script is running in this thread (None outside one)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return None if ctx is None else ctx.session_id
+
+
+def session_alive(session: str) -> bool:
+    """False once the session has ended (its browser tab closed and the runtime let it go)."""
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return True  # no server (tests, bare mode): nothing ends a session
+    return bool(runtime.get_instance().is_active_session(session))
 
 
 @dataclass(eq=False)
@@ -50,7 +77,11 @@ class Job(Generic[T]):
     result: T | None = None
     error: str | None = None
     finished: bool = False
+    owner: str | None = None  # the session that started it (None: no session, e.g. a test)
+    page: str | None = None  # the page it belongs to (None: any)
+    keeps_going: bool = False  # True: it goes on when its page is left (the page says so)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _checked_at: float = field(default=0.0, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -66,12 +97,26 @@ class Job(Generic[T]):
         self._stop.set()
 
     def should_stop(self) -> bool:
+        """True once Stop was asked for, or once the session that started the job ended."""
+        if self._stop.is_set():
+            return True
+        now = time.monotonic()
+        if self.owner is not None and now - self._checked_at >= SESSION_CHECK_S:
+            self._checked_at = now
+            if not session_alive(self.owner):
+                self._stop.set()
         return self._stop.is_set()
 
     def report(self, done: int, total: int) -> None:
         """A `core.progress.Progress` callback for the work."""
         self.done, self.total = done, total
         self.version += 1
+
+    def report_or_stop(self, done: int, total: int) -> None:
+        """`report`, then raise `core.progress.Stopped` when the job should stop: the progress
+        callback of core work that has no `should_stop` of its own ends at its next unit."""
+        self.report(done, total)
+        check_stop(self.should_stop, self.what)
 
     def publish(self, value: object) -> None:
         """Show a partial result (a frozen value: it is read from another thread)."""
@@ -82,6 +127,8 @@ class Job(Generic[T]):
         """`work(self)` to its end (in the job's thread); a failure becomes one sentence."""
         try:
             self.result = work(self)
+        except Stopped:
+            self.result = None  # stopped on request: no result, no error
         except Exception as error:  # noqa: BLE001 - shown on the page as a sentence
             self.error = error_sentence(self.what, error)
         finally:
@@ -110,16 +157,17 @@ class Board:
         with self._lock:
             return self._jobs.get(key) if isinstance(key, str) else None
 
-    def start(self, key: str, work: Callable[[Job[T]], T], what: str,
-              request: Any = None) -> Job[T]:
+    def start(self, key: str, work: Callable[[Job[T]], T], what: str, request: Any = None,
+              page: str | None = None, keeps_going: bool = False) -> Job[T]:
         """The job for `key`: the one on the board (see the class), or a new one whose thread
-        runs `work(job)`."""
+        runs `work(job)`, owned by the current session and belonging to `page`."""
         with self._lock:
             old = self._jobs.get(key)
             if old is not None and (old.running or (old.error is None
                                                     and not old.stop_requested)):
                 return old
-            job: Job[T] = Job(key=key, what=what, request=request)
+            job: Job[T] = Job(key=key, what=what, request=request, owner=current_session(),
+                              page=page, keeps_going=keeps_going)
             self._jobs.pop(key, None)
             self._jobs[key] = job  # newest last: the order drops the oldest first
             finished = [k for k, j in self._jobs.items() if j.finished]
@@ -129,6 +177,20 @@ class Board:
                                        name=f"telltale-job-{key}")
         job._thread.start()
         return job
+
+    def leave_others(self, session: str | None, page: str) -> list[Job[Any]]:
+        """Stop this session's running jobs of pages other than `page` (unless they keep going),
+        and drop finished jobs whose session has ended; returns the jobs it stopped."""
+        stopped = []
+        with self._lock:
+            for key, job in list(self._jobs.items()):
+                if job.finished and job.owner is not None and not session_alive(job.owner):
+                    del self._jobs[key]
+                elif (job.running and session is not None and job.owner == session
+                      and job.page not in (None, page) and not job.keeps_going):
+                    job.stop()
+                    stopped.append(job)
+        return stopped
 
     def __len__(self) -> int:
         with self._lock:

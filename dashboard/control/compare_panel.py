@@ -115,6 +115,10 @@ def show_comparison(job: Job[Any], stem: str) -> None:
     if job.error:
         st.error(job.error)
         return
+    if job.stop_requested and job.result is None:
+        st.warning("The comparison was stopped before the end: press the button to run it "
+                   "again.")
+        return
     table, request = job.result, job.request
     if not isinstance(table, pd.DataFrame) or not isinstance(request, fs.CompareRequest):
         return
@@ -161,6 +165,10 @@ def compare_section(file_hash: str, train: list[FinetuneExample], stem: str) -> 
     if job is None:
         return
     if job.running:
+        st.button("Stop", key="finetune_compare_stop", on_click=job.stop,
+                  help="End the comparison after the step in progress.")
+        st.caption("The comparison goes on in the background while you use other pages; "
+                   "**Stop** ends it.")
         follow(job)
         st.rerun()  # once, at the end: the button and the table reflect the finished run
     show_comparison(job, stem)

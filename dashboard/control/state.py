@@ -210,9 +210,10 @@ def start_compare(request: CompareRequest, loaded: LoadedModel,
     train, general = list(train), list(general)
 
     def work(job: Job[pd.DataFrame]) -> pd.DataFrame:
-        return finetune_compare(loaded, train, general, config, progress=job.report)
+        return finetune_compare(loaded, train, general, config, progress=job.report_or_stop)
 
-    return board().start(request.key, work, "The comparison", request=request)
+    return board().start(request.key, work, "The comparison", request=request,
+                         page="fine-tuning", keeps_going=True)
 
 
 __all__ = [

@@ -225,7 +225,8 @@ def start_job(loaded: LoadedModel, request: GenerateRequest, problems: list[Prob
         show(stage="Finished")
         return GenerateResult(summary)
 
-    return board().start(f"generate-{request.run_id}", work, "Making chains", request=run)
+    return board().start(f"generate-{request.run_id}", work, "Making chains", request=run,
+                         page="traces", keeps_going=True)
 
 
 __all__ = ["CHAINS_FILE", "RUNS_ENV", "GenerateProgress", "GenerateResult", "GenerateRun",

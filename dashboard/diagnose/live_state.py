@@ -35,6 +35,7 @@ from dashboard.common.state import ModelKey, model_key
 
 SAMPLE_SEED = 1000  # held out: the shipped traces and probes use seed 0
 N_SAMPLES = 8
+PAGE = "live"  # the url path of the Live page: its run stops when the page is left
 # the MonitorConfig fields the page sets (the others keep their defaults)
 PAGE_SETTINGS = ("mode", "threshold", "temperature", "top_p", "max_new_tokens", "seed",
                  "retries", "max_backtracks", "retry_temperature_step")
@@ -146,7 +147,8 @@ def start_job(loaded: LoadedModel, bundle: ProbeBundle, request: LiveRequest) ->
             job.publish(progress)
         return progress.result
 
-    return board().start(f"live-{uuid.uuid4().hex[:12]}", work, "The monitor", request=run)
+    return board().start(f"live-{uuid.uuid4().hex[:12]}", work, "The monitor", request=run,
+                         page=PAGE)
 
 
 def sample_prompts(n: int = N_SAMPLES, seed: int = SAMPLE_SEED) -> list[tuple[str, str]]:
