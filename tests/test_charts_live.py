@@ -120,7 +120,7 @@ def test_live_figure_traces_hold_the_scores() -> None:
     line = traces["c_prefix (prefix tracker)"]
     assert list(line.x) == [0, 1, 2] and list(line.y) == [0.10, 0.30, 0.80]
     alarm = traces["alarm"]
-    assert list(alarm.x) == [2] and list(alarm.y) == [0.80]
+    assert list(alarm.x) == [2] and list(alarm.y) == [0.90]  # on the c_step that fired it
     gone = traces["discarded attempt (c_prefix)"]
     spread = charts_live.DISCARD_SPREAD
     assert list(gone.x) == pytest.approx([1 + spread, 1 + 2 * spread])
@@ -128,7 +128,7 @@ def test_live_figure_traces_hold_the_scores() -> None:
     assert "7 * 2 = 15" in gone.customdata[0]
     (line_shape,) = fig.layout.shapes
     assert line_shape.y0 == line_shape.y1 == 0.5
-    assert [a.text for a in fig.layout.annotations] == ["alarm threshold 0.500"]
+    assert [a.text for a in fig.layout.annotations] == ["alarm threshold on c_step 0.500"]
     assert list(fig.layout.xaxis.range) == [-0.6, charts_live.MIN_STEPS_SHOWN - 1 + 0.6]
     assert list(fig.layout.yaxis.range) == [0, 1.08]
     assert fig.layout.title.text == "t"
@@ -149,3 +149,14 @@ def test_summary_counts_read_the_result() -> None:
     assert charts_live.summary_counts(result) == {
         "steps": 3, "alarms": 1, "discarded": 2, "tokens_generated": 17,
         "tokens_processed": 29, "stopped_by_alarm": False}
+
+
+def test_live_figure_of_the_prefix_rise_trigger_has_no_threshold_line() -> None:
+    """The prefix-rise trigger has no fixed line to cross: no dashed line, and the alarm marker
+    sits on the c_prefix that rose."""
+    fig = charts_live.live_figure(KEPT, DISCARDED, threshold=None)
+    assert not fig.layout.shapes and not fig.layout.annotations
+    assert list(traces_by_name(fig)["alarm"].y) == [0.80]
+    assert charts_live.alarm_rule("prefix-rise", None, 0.2) == \
+        "alarm when c_prefix rises by more than **0.20**"
+    assert charts_live.alarm_rule("step", 0.25, 0.2) == "alarm when c_step > **0.250**"

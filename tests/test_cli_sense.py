@@ -48,7 +48,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 def test_register_adds_the_subcommands() -> None:
     parser = _parser()
-    for name in ("concept", "inject", "sweep", "prefill", "logit-lens"):
+    for name in ("concept", "inject", "sweep", "prefill", "logit-lens", "judge-audit"):
         assert parser.parse_args(_minimal(name)).command == name
 
 
@@ -59,6 +59,7 @@ def _minimal(name: str) -> list[str]:
         "sweep": ["sweep", "--concepts", "w10", "--layers", "1", "--strengths", "1"],
         "prefill": ["prefill", "--layers", "1"],
         "logit-lens": ["logit-lens", "--concept", "w10", "--layer", "1", "--strength", "2"],
+        "judge-audit": ["judge-audit", "a.jsonl", "--out", "b.jsonl"],
     }[name]
 
 
@@ -140,6 +141,35 @@ def test_sweep_json_rows_carry_every_control(model_dir: Path, tmp_path: Path,
     injected = [r for r in rows if r["control"] == "injected"]
     assert all(r["reference"] == "none" and r["reference_n"] == 100 for r in injected)
     assert not Path(f"{csv}.journal.jsonl").exists()  # removed once the table is written
+
+
+def test_sweep_text_in_relative_strengths(model_dir: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """--scale relative: the strength is the push in mean residual norms, so each row's push
+    reads 'E (S.SSx)' with S the strength; the shared arms are printed with their n."""
+    code, text = _run(["sweep", "--model", str(model_dir), "--concepts", "w10", "--layers", "2",
+                       "--strengths", "0.25,1", "--scale", "relative", "--trials", "1",
+                       "--max-new-tokens", "2", "--min-none-trials", "3",
+                       "--mismatch-with", "w11"], capsys)
+    assert code == 0
+    assert "1 per injected arm, 3 per arm without injection, scale relative" in text
+    assert "no injection: detection (false positives)" in text and "(n 3)" in text
+    assert "unrelated yes/no questions, no injection: yes" in text
+    rows = [line for line in text.splitlines() if line.split()[:3] in (
+        ["2", "0.25", "w10"], ["2", "1", "w10"])]
+    assert len(rows) == 2
+    assert "(0.25x)" in rows[0] and "(1.00x)" in rows[1]
+
+
+def test_prefill_text_gives_each_rate_beside_no_injection(
+        model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, text = _run(["prefill", "--model", str(model_dir), "--layers", "2", "--trials", "1",
+                       "--max-new-tokens", "2", "--scale", "relative", "--strength", "0.5"],
+                      capsys)
+    assert code == 0 and "strength 0.5 (relative)" in text
+    lines = [line.split() for line in text.splitlines()]
+    conditions = [parts[1] for parts in lines if parts[:1] == ["2"]]
+    assert conditions == ["none", "matching", "random"]
 
 
 def test_prefill_and_logit_lens_json(model_dir: Path,

@@ -35,13 +35,13 @@ DEFAULT_LAYERS = 30
 
 
 def random_bundle(hidden: int, *, layer: int = 15, bias: float = 0.0, threshold: float = 0.5,
-                  seed: int = 0) -> ProbeBundle:
+                  seed: int = 0, step_threshold: float = 0.5) -> ProbeBundle:
     """A step probe and a prefix tracker with random weights (as in tests/test_monitor.py)."""
     rng = np.random.default_rng(seed)
     meta = ProbeMeta(model="default", model_name="test-probe-model", hidden_size=hidden,
                      layer=layer, step_pooling="exp", tracker_pooling="causal",
                      baseline_pooling="prefix_mean", step_input=True, threshold=threshold,
-                     step_threshold=0.5, data_hash="test")
+                     step_threshold=step_threshold, data_hash="test")
     return ProbeBundle(meta=meta, step=LinearProbe(rng.normal(size=hidden) * 3, 0.0),
                        tracker=LinearProbe(rng.normal(size=hidden + 1) * 3, bias, 1))
 
@@ -104,18 +104,23 @@ def test_sample_select_fills_the_prompt_box(monkeypatch: pytest.MonkeyPatch,
 def test_probe_file_sets_the_threshold_and_enables_start(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
-    save_probe(tmp_path / "one", random_bundle(DEFAULT_HIDDEN, threshold=0.375))
-    save_probe(tmp_path / "two", random_bundle(DEFAULT_HIDDEN, threshold=0.8, seed=1))
+    save_probe(tmp_path / "one", random_bundle(DEFAULT_HIDDEN, threshold=0.375,
+                                               step_threshold=0.4375))
+    save_probe(tmp_path / "two", random_bundle(DEFAULT_HIDDEN, threshold=0.8, seed=1,
+                                               step_threshold=0.875))
     at = use_probe_path(open_live(), tmp_path / "one")
     assert not at.error and not at.info
-    assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.375)
+    assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.438)  # c_step's
     assert any(c.startswith("**one**") and "alarm threshold **0.375**" in c
                and "layer **15**" in c for c in texts(at.caption))
     assert not button(at, "Start").disabled
     at.slider(key=live.THRESHOLD_KEY).set_value(0.6).run()
     assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.6)  # the user's stays
     at.text_input(key=live.PROBE_PATH_KEY).input(str(tmp_path / "two.json")).run()
-    assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.8)  # a new probe resets
+    assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.875)  # a new probe resets
+    at.radio(key=live.TRIGGER_KEY).set_value("prefix-rise").run()  # a margin instead
+    assert live.THRESHOLD_KEY not in [slider.key for slider in at.slider]
+    assert at.slider(key=live.MARGIN_KEY).value == pytest.approx(0.2)
 
 
 def test_bad_probe_files_are_one_sentence(tmp_path: Path) -> None:
@@ -132,7 +137,7 @@ def test_bad_probe_files_are_one_sentence(tmp_path: Path) -> None:
 def test_uploaded_probe_pair_is_read_and_half_a_pair_is_a_warning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
-    weights, sidecar = save_probe(tmp_path / "up", random_bundle(DEFAULT_HIDDEN, threshold=0.25))
+    weights, sidecar = save_probe(tmp_path / "up", random_bundle(DEFAULT_HIDDEN, step_threshold=0.25))
     at = open_live()
     at.selectbox(key=live.PROBE_KEY).select(live.UPLOAD_OPTION).run()
     uploader = at.file_uploader(key=live.PROBE_UPLOAD_KEY)
@@ -152,7 +157,7 @@ def test_uploaded_probe_pair_is_read_and_half_a_pair_is_a_warning(
 def test_a_probe_trained_on_the_traces_page_is_offered(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
-    probe = dstate.ProbeFile.of(random_bundle(DEFAULT_HIDDEN, threshold=0.125), "traced")
+    probe = dstate.ProbeFile.of(random_bundle(DEFAULT_HIDDEN, step_threshold=0.125), "traced")
     dstate.keep_trained(probe)
     at = open_live({dstate.TRAINED_KEY: {"hash": probe.hash, "name": probe.name}})
     assert at.selectbox(key=live.PROBE_KEY).options[0] == f"{live.TRAINED_OPTION}: traced"
@@ -205,7 +210,7 @@ def test_a_monitor_job_publishes_its_progress_and_ends_with_the_result(
     monkeypatch.setattr(live_state, "monitor_events", lambda *a, **k: iter(events))
     request = live_state.LiveRequest(("m", "cpu", "auto"), "q", "h", "probe", MonitorConfig())
     loaded = type("Loaded", (), {"spec": "m", "hidden_size": DEFAULT_HIDDEN})()
-    job = live_state.start_job(loaded, random_bundle(DEFAULT_HIDDEN, threshold=0.375),
+    job = live_state.start_job(loaded, random_bundle(DEFAULT_HIDDEN, step_threshold=0.375),
                                request)  # type: ignore[arg-type]
     assert job.wait(5) and job.error is None and job.result is result
     assert live_state.live_progress(job).text == "ab"

@@ -4,6 +4,8 @@ backtracking, which proves the KV-cache crop; the kill switch; hooks always remo
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,8 @@ from core.diagnose.feature_store import CaptureConfig, capture_in_memory
 from core.diagnose.monitor import MonitorConfig, run_monitor, sample_token
 from core.diagnose.probes import LinearProbe, ProbeBundle, ProbeMeta
 from core.runtime.models import wrap_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CHARS = list("0123456789+=-ab \n")
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
@@ -47,13 +51,14 @@ def loaded():
     return wrap_model(model, tokenizer, name="tiny-char")
 
 
-def bundle(bias: float = 0.0, seed: int = 0) -> ProbeBundle:
+def bundle(bias: float = 0.0, seed: int = 0, step_bias: float = 0.0) -> ProbeBundle:
+    """Random probes: `bias` shifts the tracker (c_prefix), `step_bias` the step probe."""
     rng = np.random.default_rng(seed)
     meta = ProbeMeta(model="tiny-char", model_name="tiny-char", hidden_size=32, layer=1,
                      step_pooling="exp", tracker_pooling="causal",
                      baseline_pooling="prefix_mean", step_input=True, threshold=0.5,
                      step_threshold=0.5, data_hash="x")
-    return ProbeBundle(meta=meta, step=LinearProbe(rng.normal(size=32) * 3, 0.0),
+    return ProbeBundle(meta=meta, step=LinearProbe(rng.normal(size=32) * 3, step_bias),
                        tracker=LinearProbe(rng.normal(size=33) * 3, bias, 1))
 
 
@@ -93,6 +98,9 @@ def test_backtracking_crops_the_cache_and_keeps_every_discarded_step(loaded) -> 
                            threshold=0.3, retries=2, max_backtracks=6)
     result = run_monitor(loaded, probes, QUESTION, config)
     assert result.discarded, "the threshold is low enough for some alarm"
+    # every retry of step 1 alarmed and its first attempt was written again (a replay)
+    assert [s.attempt for s in result.discarded if s.index == 1] == [1, 2]
+    assert result.steps[1].attempt == 0
     assert len(result.discarded) <= 6 and all(not s.kept for s in result.discarded)
     assert all(s.alarm for s in result.discarded)
     # the kept text scores exactly as teacher-forced: the cropped cache held no trace of retries
@@ -106,7 +114,7 @@ def test_backtracking_crops_the_cache_and_keeps_every_discarded_step(loaded) -> 
 
 
 def test_all_retries_alarming_keeps_the_least_alarming(loaded) -> None:
-    always = bundle(bias=50.0)  # every prefix score ~1: every retry alarms
+    always = bundle(step_bias=50.0)  # every step score ~1: every retry alarms
     config = MonitorConfig(mode="backtrack", max_new_tokens=60, seed=2, temperature=1.0,
                            retries=2, max_backtracks=4)
     result = run_monitor(loaded, always, QUESTION, config)
@@ -115,12 +123,70 @@ def test_all_retries_alarming_keeps_the_least_alarming(loaded) -> None:
 
 
 def test_stop_mode_is_a_kill_switch(loaded) -> None:
-    result = run_monitor(loaded, bundle(bias=50.0), QUESTION,
+    result = run_monitor(loaded, bundle(step_bias=50.0), QUESTION,
                          MonitorConfig(mode="stop", max_new_tokens=90, seed=3, temperature=1.0))
     assert result.stopped_by_alarm and len(result.steps) == 1 and result.steps[0].alarm
-    watch = run_monitor(loaded, bundle(bias=-50.0), QUESTION,
+    assert result.ended_by == "alarm"
+    watch = run_monitor(loaded, bundle(step_bias=-50.0), QUESTION,
                         MonitorConfig(mode="stop", max_new_tokens=40, seed=3, temperature=1.0))
     assert not watch.stopped_by_alarm and watch.alarms == 0
+    assert watch.ended_by == "max_new_tokens"
+
+
+WATCH_TEXT = ("a=937-0\n3876\n19=407\n\n93 \n6 -970-25a67\n1534 b \n8\na2\n0\n0--4\n\n22256616\n"
+              " 6\n\n-\n\n+=5-2+=4-6\n\nb9=")  # seed 3, temperature 1, 90 tokens, no stop
+
+
+def test_the_reply_ends_after_the_line_of_its_answer_statement(loaded) -> None:
+    from core.data.answers import AnswerFormat
+
+    config = MonitorConfig(max_new_tokens=90, seed=3, temperature=1.0,
+                           answers=AnswerFormat(patterns=(r"=",)))  # "x=V": V is the answer
+    result = run_monitor(loaded, bundle(), QUESTION, config)
+    assert result.text == "a=937-0\n" and result.ended_by == "answer"  # the line has ended
+    assert result.answered and result.answer == "937-0"
+    assert [s.text for s in result.steps] == ["a=937-0"]  # nothing after it scored as a step
+    free = run_monitor(loaded, bundle(), QUESTION, replace(config, stop_at_answer=False))
+    assert free.text == WATCH_TEXT and free.ended_by == "max_new_tokens"
+    assert free.answer == "937-0"  # the first statement is the answer, stopped or not
+    held = run_monitor(loaded, bundle(), QUESTION, replace(config, min_new_tokens=12))
+    assert held.text == WATCH_TEXT[:12] and held.ended_by == "answer"  # not before 12 tokens
+    none = run_monitor(loaded, bundle(), QUESTION, MonitorConfig(max_new_tokens=90, seed=3,
+                                                                 temperature=1.0))
+    assert none.text == WATCH_TEXT and not none.answered and none.answer is None
+
+
+def test_a_stop_string_ends_the_reply_where_it_appears(loaded) -> None:
+    config = MonitorConfig(max_new_tokens=90, seed=3, temperature=1.0, stop_strings=("93 ",))
+    result = run_monitor(loaded, bundle(), QUESTION, config)
+    assert result.text == WATCH_TEXT[:WATCH_TEXT.index("93 ") + 3]
+    assert result.ended_by == "stop_string" and result.steps[-1].text == "93"
+    with pytest.raises(ValueError, match="stop string"):
+        MonitorConfig(stop_strings=("",))
+
+
+def test_alarms_are_the_steps_own_events(loaded) -> None:
+    probes = bundle(seed=1)
+    step = run_monitor(loaded, probes, QUESTION, MonitorConfig(max_new_tokens=60, seed=3,
+                                                               temperature=1.0))
+    assert step.threshold == probes.meta.step_threshold and step.trigger == "step"
+    assert [s.alarm for s in step.steps] == [s.step_score > 0.5 for s in step.steps]
+    assert 0 < step.alarms < len(step.steps)
+    rise = run_monitor(loaded, probes, QUESTION, MonitorConfig(
+        max_new_tokens=60, seed=3, temperature=1.0, trigger="prefix-rise", rise_margin=0.05))
+    assert rise.text == step.text and rise.threshold is None and rise.rise_margin == 0.05
+    prefix = [probes.meta.threshold, *(s.prefix_score for s in rise.steps)]  # before step 0
+    rises = [b - a for a, b in zip(prefix[:-1], prefix[1:], strict=True)]
+    assert [s.alarm for s in rise.steps] == [r > 0.05 for r in rises]
+    assert 0 < rise.alarms < len(rise.steps)
+    no_step_probe = replace(probes, step=None, tracker=LinearProbe(
+        np.random.default_rng(2).normal(size=32) * 3, 0.0))  # c_prefix from the states alone
+    with pytest.raises(ValueError, match="prefix-rise"):
+        run_monitor(loaded, no_step_probe, QUESTION, MonitorConfig(max_new_tokens=5))
+    assert run_monitor(loaded, no_step_probe, QUESTION, MonitorConfig(
+        max_new_tokens=5, trigger="prefix-rise")).tokens_generated == 5
+    with pytest.raises(ValueError, match="trigger"):
+        MonitorConfig(trigger="prefix")
 
 
 def test_min_new_tokens_holds_back_eos(loaded) -> None:
@@ -168,37 +234,9 @@ def test_sampling_is_greedy_at_zero_and_respects_top_p() -> None:
 
 def test_probe_for_another_model_is_refused(loaded) -> None:
     other = bundle()
-    from dataclasses import replace
-
     other = replace(other, meta=replace(other.meta, hidden_size=64))
     with pytest.raises(ValueError, match="hidden size 64"):
         run_monitor(loaded, other, QUESTION)
-
-
-def test_backtrack_eval_runs_three_paired_arms(loaded) -> None:
-    from core.diagnose.backtrack_eval import BacktrackEvalConfig, backtrack_eval
-
-    config = BacktrackEvalConfig(n_problems=2, monitor=MonitorConfig(
-        max_new_tokens=40, temperature=1.0, threshold=0.3, retries=1, max_backtracks=2))
-    table, summary = backtrack_eval(loaded, bundle(seed=1), config)
-    assert len(table) == 6 and set(summary["arms"]) == {"plain", "backtrack", "random"}
-    paired = table.pivot(index="problem_id", columns="arm", values="resampled")
-    # the control resamples as many steps as backtracking did (capped by the plain step count)
-    assert (paired["random"] <= paired["backtrack"]).all()
-    assert (paired["plain"] == 0).all()
-    for row in summary["arms"].values():
-        lo, hi = row["accuracy_ci"]
-        assert 0 <= lo <= row["accuracy"] <= hi <= 1
-
-
-def test_control_slots_match_the_backtracks_up_to_the_retry_cap() -> None:
-    from core.diagnose.backtrack_eval import control_slots
-
-    slots = control_slots(n_steps=4, n_resamples=7, retries=3, seed=0)
-    assert len(slots) == 7 and list(slots) == sorted(slots)
-    assert all(0 <= s < 4 and slots.count(s) <= 3 for s in slots)
-    assert len(control_slots(2, 9, 3, 0)) == 6  # no more than 2 steps x 3 retries
-    assert control_slots(4, 7, 3, 5) == control_slots(4, 7, 3, 5)
 
 
 def test_random_mode_resamples_a_listed_step_as_often_as_listed(loaded) -> None:
@@ -217,71 +255,82 @@ def test_monitor_command_prints_steps_and_json(loaded, tmp_path, monkeypatch, ca
 
     save_probe(tmp_path / "p", bundle())
     monkeypatch.setattr("core.cli.common.load", lambda args: loaded)
-    assert cli.main(["monitor", "--prompt", QUESTION, "--probe", str(tmp_path / "p"),
-                     "--max-new-tokens", "40", "--temperature", "1"]) == 0
+    base = ["monitor", "--prompt", QUESTION, "--probe", str(tmp_path / "p"),
+            "--max-new-tokens", "40", "--temperature", "1", "--seed", "3"]
+    assert cli.main(base) == 0
     out = capsys.readouterr().out
-    assert "[ 0] step" in out and "finished:" in out
-    assert cli.main(["monitor", "--prompt", QUESTION, "--probe", str(tmp_path / "p"),
-                     "--max-new-tokens", "40", "--mode", "backtrack", "--json"]) == 0
+    assert "[ 0] step" in out and "ended (max_new_tokens):" in out
+    assert "alarm: c_step > 0.500" in out and "no answer stated" in out
+    assert cli.main([*base, "--answer-pattern", "=", "--trigger", "prefix-rise"]) == 0
+    out = capsys.readouterr().out
+    assert "ended (answer)" in out and "answer 937-0" in out and "rises by more than 0.200" in out
+    assert cli.main([*base, "--answer-pattern", "=", "--no-stop", "--stop-string", "93 ",
+                     "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert {"text", "steps", "discarded", "tokens_generated", "alarms"} <= set(result)
+    assert {"text", "steps", "discarded", "tokens_generated", "alarms", "answer", "answered",
+            "ended_by", "trigger"} <= set(result)
+    assert result["answered"] and result["ended_by"] == "stop_string"
+    with pytest.raises(SystemExit):  # argparse refuses "c_prefix over its threshold"
+        cli.main([*base, "--trigger", "prefix"])
+    assert cli.main([*base, "--rise-margin", "2"]) == 2
+    assert "rise_margin must be in [0, 1)" in capsys.readouterr().err
 
 
-def test_backtrack_eval_command_writes_the_table_and_json(loaded, tmp_path, monkeypatch,
-                                                          capsys) -> None:
-    import json
-
-    import pandas as pd
-
-    from core.cli import main as cli
-    from core.diagnose.probes import save_probe
-
-    save_probe(tmp_path / "p", bundle())
-    monkeypatch.setattr("core.cli.common.load", lambda args: loaded)
-    assert cli.main(["backtrack-eval", "--probe", str(tmp_path / "p"), "--problems", "2",
-                     "--max-new-tokens", "30", "--threshold", "0.3", "--out",
-                     str(tmp_path / "rows.csv"), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["n_problems"] == 2 and set(summary["arms"]) == {"plain", "backtrack",
-                                                                   "random"}
-    rows = pd.read_csv(tmp_path / "rows.csv")
-    assert len(rows) == 6 and set(rows["arm"]) == {"plain", "backtrack", "random"}
-
-
-# Outputs of the loop before it became `_MonitorRun` (same seeds, same tiny model): the text,
-# the forward count, and (index, attempt, alarm) of every kept and discarded step. Backtracking
-# with a replayed attempt ("every retry alarms") and the random control are both covered.
+# Same seeds, same tiny model: the text, the forward count, and (index, attempt, alarm) of every
+# kept and discarded step. Pinned from the loop before it became `_MonitorRun`; re-pinned when
+# the alarm became the step's own event (trigger "step", c_step over its threshold, instead of
+# c_prefix over its threshold): watch, stop, replay and random write the very same text with the
+# same forward count as before (their probes now drive c_step where they drove c_prefix: a
+# step bias for an always / never alarming step probe); only the alarm flags of watch and
+# random moved, and "backtrack" retries other steps, so its text is new. Backtracking with a
+# replayed attempt ("every retry alarms", also in "backtrack" at steps 1 and 2), the random
+# control and the prefix-rise trigger are covered.
 PINNED = {
     "watch": (
         bundle(), MonitorConfig(max_new_tokens=90, seed=3, temperature=1.0),
         "a=937-0\n3876\n19=407\n\n93 \n6 -970-25a67\n1534 b \n8\na2\n0\n0--4\n\n22256616\n 6\n\n-"
-        "\n\n+=5-2+=4-6\n\nb9=", 90, [(i, 0, True) for i in range(15)], []),
+        "\n\n+=5-2+=4-6\n\nb9=", 90,
+        [(0, 0, True), (1, 0, True), (2, 0, False), (3, 0, True), (4, 0, True), (5, 0, False),
+         (6, 0, False), (7, 0, True), (8, 0, False), (9, 0, False), (10, 0, True),
+         (11, 0, False), (12, 0, False), (13, 0, True), (14, 0, True)], []),
     "stop": (
-        bundle(bias=50.0), MonitorConfig(mode="stop", max_new_tokens=90, seed=3,
-                                         temperature=1.0),
+        bundle(step_bias=50.0), MonitorConfig(mode="stop", max_new_tokens=90, seed=3,
+                                              temperature=1.0),
         "a=937-0\n3", 9, [(0, 0, True)], []),
     "backtrack": (
         bundle(seed=1), MonitorConfig(mode="backtrack", max_new_tokens=90, seed=5,
                                       temperature=1.0, threshold=0.3, retries=2,
                                       max_backtracks=6),
-        "12b=\n79b4\n158\nb730=\nb\n\n\n5+\n866a2=6\n+\n\n18\n503305=\n=\n36 -\n987\n99aa8\n"
-        "037 311\n\n74a\n\n\n+\n9b=24\n6", 126,
-        [(0, 2, True), (1, 2, True), (2, 0, False), *[(i, 0, True) for i in range(3, 19)]],
-        [(0, 0, True), (0, 1, True), (1, 0, True), (1, 1, True), (3, 1, True), (3, 2, True)]),
+        "12b=\n10 \n\n\n730=\n\n3\n2b\n\n\n5+\n866a2=6\n+\n\n18\n503 05=\n=\n36 -\n987\n"
+        "99aa8\n037 311\n\n74a\n\n\n+\n9b=24\n6", 131,
+        [(0, 2, True), (1, 0, True), (2, 1, True), *[(i, 0, True) for i in range(3, 9)],
+         (9, 0, False), (10, 0, True), (11, 0, True), (12, 0, True), (13, 0, False),
+         (14, 0, False), *[(i, 0, True) for i in range(15, 19)]],
+        [(0, 0, True), (0, 1, True), (1, 1, True), (1, 2, True), (2, 0, True), (2, 2, True)]),
     "replay": (
-        bundle(bias=50.0), MonitorConfig(mode="backtrack", max_new_tokens=60, seed=2,
-                                         temperature=1.0, retries=2, max_backtracks=4,
-                                         retry_temperature_step=0.2),
+        bundle(step_bias=50.0), MonitorConfig(mode="backtrack", max_new_tokens=60, seed=2,
+                                              temperature=1.0, retries=2, max_backtracks=4,
+                                              retry_temperature_step=0.2),
         "86156+3788\n6b\n+-46\n72 9\n67866 b\n0\n7785925\n\n6=\nbb6b\n83+8123a\n", 136,
         [(i, 0, True) for i in range(10)],
         [(0, 1, True), (0, 2, True), (1, 1, True), (1, 2, True)]),
     "random": (
-        bundle(bias=-50.0), MonitorConfig(mode="random", max_new_tokens=60, seed=4,
-                                          temperature=1.0, resample_steps=(0, 0, 1, 3)),
+        bundle(step_bias=-50.0), MonitorConfig(mode="random", max_new_tokens=60, seed=4,
+                                               temperature=1.0, resample_steps=(0, 0, 1, 3)),
         "\n45\n\n31\n2a\nbb\n\n 551\n\n33+81888-5+\n12\n8-5\n03\n9a36\n0\n2a\n+\n =24\n", 97,
         [(0, 2, False), (1, 1, False), (2, 0, False), (3, 1, False),
          *[(i, 0, False) for i in range(4, 14)]],
         [(0, 0, False), (0, 1, False), (1, 0, False), (3, 0, False)]),
+    "prefix-rise": (
+        bundle(seed=1), MonitorConfig(mode="backtrack", trigger="prefix-rise", rise_margin=0.1,
+                                      max_new_tokens=90, seed=5, temperature=1.0, retries=2,
+                                      max_backtracks=6),
+        "12b=\n40\n8\n9b4\n158\nb730=\n=\n\n2b\n\n\n5+\n866a2=6\n+\n\n18\n503305=\n=\n36 -\n"
+        "987\n99aa8\n 20b=24\n668=a\n=-", 127,
+        [(0, 2, False), (1, 1, False), *[(i, 0, False) for i in range(2, 6)], (6, 1, False),
+         *[(i, 0, False) for i in range(7, 17)], (17, 2, False), (18, 0, False),
+         (19, 0, False)],
+        [(0, 0, True), (0, 1, True), (1, 0, True), (6, 0, True), (17, 0, True), (17, 1, True)]),
 }
 
 

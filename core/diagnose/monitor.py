@@ -14,6 +14,19 @@ tokens, and the steps kept or discarded; `monitor_events` is the loop over it:
     sample a token -> push it (forward, one hidden state) -> close the steps it completed
     (score each; keep it, or rewind to its start and resample) -> ... -> the result
 
+An alarm is an event of the step itself, chosen by `trigger`:
+- "step" (default): the step's own score c_step is over its threshold (the probe's calibrated
+  step threshold unless `threshold` is given);
+- "prefix-rise": the prefix score c_prefix rises by more than `rise_margin` over the last kept
+  step's (the first step: over the probe's calibrated c_prefix threshold).
+Never "c_prefix over its threshold": the prefix score is a state, and once up it stays up, so
+that rule fires on every later step (backtracking then resamples until its budget is spent).
+
+The reply ends at EOS, at `max_new_tokens`, or, by default, at the answer statement: after the
+line of its first explicit answer (`core.data.answers.AnswerFormat.reply_end`, the stop rule
+`make-traces` uses) or at any of `stop_strings`; neither before `min_new_tokens`. The result
+records the answer read strictly from the reply (`answer`, `answered`) and what ended it.
+
 Modes:
 - "watch": flag alarms only;
 - "stop": end generation at the first alarm (the kill switch);
@@ -40,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.data.answers import DEFAULT_FORMAT, AnswerFormat
 from core.data.steps import (
     DEFAULT_SEGMENTER,
     CharSpan,
@@ -55,14 +69,22 @@ from core.runtime.models import LoadedModel
 from core.runtime.pooling import span_weights
 
 MODES = ("watch", "stop", "backtrack", "random")
+TRIGGERS = ("step", "prefix-rise")
+ENDINGS = ("eos", "max_new_tokens", "answer", "stop_string", "alarm", "stopped")
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Sampling and alarm settings; `threshold` None uses the probe's calibrated one."""
+    """Sampling, alarm and stop settings (see the module docstring); `threshold` None uses the
+    probe's calibrated step threshold."""
 
     mode: str = "watch"
-    threshold: float | None = None
+    trigger: str = "step"
+    threshold: float | None = None  # trigger "step": an alarm when c_step > threshold
+    rise_margin: float = 0.2  # trigger "prefix-rise": an alarm when c_prefix rises by more
+    stop_at_answer: bool = True  # end after the line of the first answer statement
+    answers: AnswerFormat = DEFAULT_FORMAT  # how answers are stated (read and stopped at)
+    stop_strings: tuple[str, ...] = ()  # also end once the reply contains one of these
     max_new_tokens: int = 256
     min_new_tokens: int = 0  # EOS is blocked until this many tokens are written
     temperature: float = 0.7
@@ -85,6 +107,24 @@ class MonitorConfig:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1].")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}.")
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, not "
+                             f"{self.trigger!r}.")
+        if not 0 <= self.rise_margin < 1:
+            raise ValueError(f"rise_margin must be in [0, 1), got {self.rise_margin}.")
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        if any(not s for s in self.stop_strings):
+            raise ValueError("A stop string cannot be empty.")
+
+    def stop_rule(self, text: str) -> int | None:
+        """Where a reply with this text ends under the stop settings (after the line of its
+        first answer statement, or after a stop string), None while it goes on; the `stop` of
+        `core.runtime.generate`, so batched sampling stops where the monitor does."""
+        ends = [text.find(stop) + len(stop) for stop in self.stop_strings if stop in text]
+        if self.stop_at_answer:
+            answer_end = self.answers.reply_end(text)
+            ends += [] if answer_end is None else [answer_end]
+        return min(ends, default=None)
 
 
 @dataclass(frozen=True)
@@ -113,6 +153,11 @@ class StepEvent:
 
 @dataclass(frozen=True)
 class MonitorResult:
+    """A finished reply: its text and steps, the discarded attempts, the tokens it cost, the
+    alarm rule in force (`threshold` on c_step for the step trigger, else None), the answer
+    read strictly from the reply (None and answered False when it states none) and what ended
+    it (one of ENDINGS)."""
+
     prompt: str
     text: str
     steps: list[StepRecord]
@@ -120,9 +165,14 @@ class MonitorResult:
     tokens_generated: int  # tokens in the final answer
     tokens_processed: int  # every forward position after the prompt, retries included
     stopped_by_alarm: bool
-    threshold: float
+    threshold: float | None
     mode: str
     token_ids: list[int] = field(default_factory=list)
+    trigger: str = "step"
+    rise_margin: float | None = None  # trigger "prefix-rise" only
+    answer: str | None = None
+    answered: bool = False
+    ended_by: str = ""
 
     @property
     def alarms(self) -> int:
@@ -245,7 +295,13 @@ class _MonitorRun:
         self.bundle, self.config, self.question, self.rec = bundle, config, question, rec
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.layer = bundle.meta.layer
-        self.threshold = bundle.meta.threshold if config.threshold is None else config.threshold
+        if config.trigger == "step" and bundle.step is None:
+            raise ValueError("This probe has no step probe, so the step trigger cannot fire; "
+                             "use the trigger prefix-rise.")
+        self.threshold: float | None = None  # on c_step; None for the trigger prefix-rise
+        if config.trigger == "step":
+            self.threshold = bundle.meta.step_threshold if config.threshold is None \
+                else config.threshold
         prompt = user_prompt(self.tokenizer, question)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False,
                                     return_tensors="pt")["input_ids"].to(loaded.input_device)
@@ -265,6 +321,8 @@ class _MonitorRun:
         self.processed = 0
         self.stopped = False
         self.finished = False
+        self.ending: str | None = None  # what ends the reply (one of ENDINGS), None: going on
+        self.replayed = False  # the open step is the least alarming attempt, written again
         self.step_start_blocked = False  # right after a rewind: the next token must begin a step
         self.blank: torch.Tensor | None = None
         self.kept_end = 0  # token where the open (not yet kept) step begins
@@ -303,9 +361,23 @@ class _MonitorRun:
         self.hidden.append(states[-1])
         self.last_logits[self.prompt_len + self.n_tokens - 1] = self.logits
 
-    def close_steps(self, ended: bool) -> Iterator[StepEvent]:
-        """Score the steps the last token completed (every step once the reply has ended) and
-        keep them, or discard one and rewind to resample it; sets `finished`."""
+    def reply_end(self) -> str | None:
+        """Why the reply ends after its last token (one of ENDINGS), or None to go on."""
+        config = self.config
+        if self.n_tokens >= config.max_new_tokens:
+            return "max_new_tokens"
+        if self.n_tokens < config.min_new_tokens:
+            return None
+        text = self.response.text
+        if config.stop_rule(text) is None:
+            return None
+        return "stop_string" if any(stop in text for stop in config.stop_strings) else "answer"
+
+    def close_steps(self) -> Iterator[StepEvent]:
+        """Score the steps the last token completed (every step once the reply has ended:
+        `ending` is set) and keep them, or discard one and rewind to resample it; sets
+        `finished`."""
+        ended = self.ending is not None
         char_spans = self.response.char_steps()
         done = len(char_spans) if ended else len(char_spans) - 1
         self.finished = ended
@@ -317,26 +389,26 @@ class _MonitorRun:
             start, end = spans[step]
             text = self.response.text[char_spans[step].start : char_spans[step].end]
             record = self.score(spans, step, text)
-            if self.should_retry(step, record):
+            if self.replayed:
+                pass  # the least alarming attempt, written again: kept as it ends now
+            elif self.should_retry(step, record):
                 self.attempts.append((record, self.response.ids[start:end]))
                 yield self.discard(record)
                 self.retry(start, step)
                 return
-            if record.alarm and self.attempts and self.config.mode == "backtrack":
+            elif record.alarm and self.attempts and self.config.mode == "backtrack":
                 # every retry alarmed: keep the least alarming attempt
                 self.attempts.append((record, self.response.ids[start:end]))
-                best, best_ids = min(self.attempts, key=lambda a: a[0].prefix_score)
+                best, best_ids = min(self.attempts, key=lambda a: self.alarm_level(a[0]))
                 if best is not record:
                     yield self.discard(record)
-                    self.replay(start, best_ids)
-                    self.discarded.remove(_discard(best))
-                    record = best
-                    char_spans = self.response.char_steps()
-                    spans = self.response.token_spans(char_spans)
-                    self.finished = False
+                    self.replay(start, best, best_ids)
+                    yield from self.close_steps()
+                    return
             yield self.keep(record, spans[step][1])
             if record.alarm and self.config.mode == "stop":
                 self.stopped = self.finished = True
+                self.ending = "alarm"
                 return
 
     def score(self, spans: list[tuple[int, int]], step: int, text: str) -> StepRecord:
@@ -346,7 +418,23 @@ class _MonitorRun:
         prefix = float(scores["prefix"][0])
         return StepRecord(index=step, text=text, n_tokens=spans[step][1] - spans[step][0],
                           step_score=step_score, prefix_score=prefix,
-                          alarm=prefix > self.threshold, kept=True, attempt=self.attempt)
+                          alarm=self.is_alarm(step_score, prefix), kept=True,
+                          attempt=self.attempt)
+
+    def is_alarm(self, step_score: float | None, prefix: float) -> bool:
+        """The trigger's event at the step being scored (it comes right after the kept ones)."""
+        if self.threshold is not None:
+            return step_score is not None and step_score > self.threshold
+        previous = self.kept[-1].prefix_score if self.kept else self.bundle.meta.threshold
+        return prefix - previous > self.config.rise_margin
+
+    def alarm_level(self, record: StepRecord) -> float:
+        """How strongly an attempt alarms, to keep the least alarming when every retry alarms:
+        c_step under the step trigger, c_prefix under prefix-rise (every attempt of a step
+        rises from the same kept step)."""
+        if self.threshold is not None and record.step_score is not None:
+            return record.step_score
+        return record.prefix_score
 
     def should_retry(self, step: int, record: StepRecord) -> bool:
         config = self.config
@@ -363,6 +451,7 @@ class _MonitorRun:
         """Keep `record`, its step ending at token `end`; forget logits no rewind can reach."""
         self.kept.append(record)
         self.kept_end = end
+        self.replayed = False
         self.attempts, self.attempt, self.temperature = [], 0, self.config.temperature
         for position in [p for p in self.last_logits if p < self.prompt_len - 1 + end]:
             del self.last_logits[position]
@@ -374,6 +463,7 @@ class _MonitorRun:
         self.step_start_blocked = step > 0  # a first step may begin after blank lines
         self.backtracks += 1
         self.attempt += 1
+        self.ending = None
         config = self.config
         self.temperature = config.temperature + self.attempt * config.retry_temperature_step
         self.finished = False
@@ -386,18 +476,31 @@ class _MonitorRun:
         del self.hidden[to_tokens:]
         self.logits = self.last_logits[length - 1]
 
-    def replay(self, start: int, ids: list[int]) -> None:
-        """Rewind to token `start` and run `ids` again (a kept attempt: step-length cost)."""
+    def replay(self, start: int, best: StepRecord, ids: list[int]) -> None:
+        """Rewind to token `start` and run the attempt `best` (its token `ids`) again, at
+        step-length cost. The step stays open until the next one begins, as any step does:
+        blank lines written after it belong to it, so it is scored again when it closes (and
+        then kept), and its scores are the teacher-forced ones."""
         self.rewind(start)
         for token in ids:
             self.push(token)
+        self.discarded.remove(_discard(best))
+        self.replayed = True
+        self.attempt, self.temperature = best.attempt, self.config.temperature
+        self.ending = self.reply_end()
 
     def result(self) -> MonitorResult:
+        config = self.config
+        answer = config.answers.read(self.response.text)
         return MonitorResult(
             prompt=self.question, text=self.response.text, steps=self.kept,
             discarded=self.discarded, tokens_generated=self.n_tokens,
             tokens_processed=self.processed, stopped_by_alarm=self.stopped,
-            threshold=self.threshold, mode=self.config.mode, token_ids=list(self.response.ids))
+            threshold=self.threshold, mode=config.mode, token_ids=list(self.response.ids),
+            trigger=config.trigger,
+            rise_margin=config.rise_margin if config.trigger == "prefix-rise" else None,
+            answer=None if answer is None else answer.text, answered=answer is not None,
+            ended_by=self.ending or "stopped")
 
 
 @torch.no_grad()
@@ -414,11 +517,13 @@ def monitor_events(loaded: LoadedModel, bundle: ProbeBundle, question: str,
             if should_stop is not None and should_stop():
                 break
             token = run.sample()
-            ended = token in run.eos or run.n_tokens + 1 >= config.max_new_tokens
-            if token not in run.eos:
+            if token in run.eos:
+                run.ending = "eos"
+            else:
                 run.push(token)
                 yield TokenEvent(run.response.text)
-            yield from run.close_steps(ended)
+                run.ending = run.reply_end()
+            yield from run.close_steps()
     yield DoneEvent(run.result())
 
 

@@ -168,10 +168,11 @@ def _hover(record: StepLike, status: str) -> str:
             f"{_score_badge(record)}<br><br>{hover_text(record.text)}")
 
 
-def live_figure(kept: Sequence[StepLike], discarded: Sequence[StepLike], threshold: float,
-                title: str = "Probe scores per step") -> go.Figure:
+def live_figure(kept: Sequence[StepLike], discarded: Sequence[StepLike],
+                threshold: float | None, title: str = "Probe scores per step") -> go.Figure:
     """c_step of each kept step as bars, c_prefix as a line over the kept steps, the alarm
-    threshold as a dashed line, a red marker where the alarm fired, and each discarded attempt's
+    threshold on c_step as a dashed line (none for the prefix-rise trigger), a red marker where
+    the alarm fired (on the score that fired it), and each discarded attempt's
     c_prefix as a grey open marker beside its step. Axes are fixed (0-1, at least
     `MIN_STEPS_SHOWN` steps), so the figure grows in place as steps arrive."""
     ordered = sorted(kept, key=lambda r: r.index)
@@ -194,7 +195,9 @@ def live_figure(kept: Sequence[StepLike], discarded: Sequence[StepLike], thresho
     alarms = [r for r in ordered if r.alarm]
     if alarms:
         fig.add_trace(go.Scatter(
-            x=[r.index for r in alarms], y=[r.prefix_score for r in alarms],
+            x=[r.index for r in alarms],
+            y=[r.prefix_score if threshold is None or r.step_score is None else r.step_score
+               for r in alarms],
             name="alarm", mode="markers+text", text=["alarm"] * len(alarms),
             textposition="top center", textfont={"color": ALARM_COLOUR},
             marker={"symbol": "diamond", "size": 15, "color": ALARM_COLOUR,
@@ -210,9 +213,10 @@ def live_figure(kept: Sequence[StepLike], discarded: Sequence[StepLike], thresho
                     "line": {"width": 2.5, "color": DISCARDED_COLOUR}},
             customdata=[_hover(r, DISCARDED) for r in discarded],
             hovertemplate="%{customdata}<extra></extra>"))
-    fig.add_hline(y=threshold, line={"color": ALARM_COLOUR, "dash": "dash", "width": 1.5},
-                  annotation_text=f"alarm threshold {threshold:.3f}",
-                  annotation_position="top left", annotation_font_color=ALARM_COLOUR)
+    if threshold is not None:
+        fig.add_hline(y=threshold, line={"color": ALARM_COLOUR, "dash": "dash", "width": 1.5},
+                      annotation_text=f"alarm threshold on c_step {threshold:.3f}",
+                      annotation_position="top left", annotation_font_color=ALARM_COLOUR)
     last = max([r.index for r in [*ordered, *discarded]], default=0)
     fig.update_layout(
         title=title, hovermode="closest",
@@ -223,6 +227,13 @@ def live_figure(kept: Sequence[StepLike], discarded: Sequence[StepLike], thresho
         margin={"t": 90, "l": 60, "r": 20, "b": 50}, height=420,
     )
     return fig
+
+
+def alarm_rule(trigger: str, threshold: float | None, rise_margin: float) -> str:
+    """The alarm rule in force, in words (markdown)."""
+    if trigger == "prefix-rise" or threshold is None:
+        return f"alarm when c_prefix rises by more than **{rise_margin:.2f}**"
+    return f"alarm when c_step > **{threshold:.3f}**"
 
 
 def summary_counts(result: Any) -> dict[str, int | bool]:

@@ -45,6 +45,8 @@ SEED_KEY = "live_seed"
 RETRIES_KEY = "live_retries"
 MAX_BACKTRACKS_KEY = "live_max_backtracks"
 RETRY_STEP_KEY = "live_retry_temperature_step"
+TRIGGER_KEY = "live_trigger"
+MARGIN_KEY = "live_rise_margin"
 
 TRAINED_OPTION = "trained on the Traces page"
 PATH_OPTION = "a probe file on this machine ..."
@@ -54,6 +56,10 @@ MODE_HELP = {
     "watch": "watch: flag alarms, let the model write on",
     "stop": "stop: end generation at the first alarm (the kill switch)",
     "backtrack": "backtrack: drop an alarming step and let the model rewrite it",
+}
+TRIGGER_HELP = {
+    "step": "a step scores high: its own score c_step is over the threshold",
+    "prefix-rise": "the chain turns: c_prefix rises by more than a margin",
 }
 NO_PROBE = (
     "No probe yet. A probe is trained for one model; for the default model:\n\n"
@@ -158,16 +164,27 @@ def choose_probe() -> tuple[ProbeFile, ProbeBundle] | None:
     return probe, bundle
 
 
-def choose_threshold(probe: ProbeFile, bundle: ProbeBundle) -> float:
-    """The alarm threshold; reset to the probe's calibrated one whenever the probe changes."""
-    identity = probe.hash
-    if st.session_state.get(THRESHOLD_FOR_KEY) != identity:
-        st.session_state[THRESHOLD_FOR_KEY] = identity
-        st.session_state[THRESHOLD_KEY] = round(float(bundle.meta.threshold), 3)
-    return float(st.slider(
-        "Alarm threshold on c_prefix", 0.0, 1.0, step=0.001, format="%.3f", key=THRESHOLD_KEY,
-        help="An alarm fires at a step whose prefix score c_prefix is above this. It starts at "
-             "the probe's calibrated threshold."))
+def choose_alarm(probe: ProbeFile, bundle: ProbeBundle) -> tuple[str, float | None, float]:
+    """The alarm rule: the trigger, the threshold on c_step (reset to the probe's calibrated
+    step threshold whenever the probe changes) or the rise margin on c_prefix."""
+    trigger = str(st.radio(
+        "Alarm when", list(TRIGGER_HELP), key=TRIGGER_KEY, horizontal=True,
+        format_func=lambda t: TRIGGER_HELP[t].split(":")[0],
+        help="\n\n".join(TRIGGER_HELP.values())))
+    if trigger == "prefix-rise":
+        margin = float(st.slider(
+            "Rise of c_prefix that alarms", 0.05, 0.95, 0.2, 0.05, key=MARGIN_KEY,
+            help="An alarm fires at a step whose c_prefix is this much above the step before's "
+                 "(the first step: above the probe's calibrated c_prefix threshold)."))
+        return trigger, None, margin
+    if st.session_state.get(THRESHOLD_FOR_KEY) != probe.hash:
+        st.session_state[THRESHOLD_FOR_KEY] = probe.hash
+        st.session_state[THRESHOLD_KEY] = round(float(bundle.meta.step_threshold), 3)
+    threshold = float(st.slider(
+        "Alarm threshold on c_step", 0.0, 1.0, step=0.001, format="%.3f", key=THRESHOLD_KEY,
+        help="An alarm fires at a step whose own score c_step is above this. It starts at the "
+             "probe's calibrated step threshold."))
+    return trigger, threshold, 0.2
 
 
 def choose_sampling(mode: str) -> dict[str, float | int]:
@@ -207,12 +224,14 @@ def stop_current_job() -> None:
         job.stop()
 
 
-def monitor_config(mode: str, threshold: float | None,
+def monitor_config(mode: str, alarm: tuple[str, float | None, float],
                    sampling: dict[str, float | int]) -> MonitorConfig | None:
     """The monitor's settings, or None with the sentence that says which one is wrong."""
+    trigger, threshold, margin = alarm
     try:
         return MonitorConfig(
-            mode=mode, threshold=threshold, temperature=float(sampling["temperature"]),
+            mode=mode, trigger=trigger, threshold=threshold, rise_margin=margin,
+            temperature=float(sampling["temperature"]),
             top_p=float(sampling["top_p"]), max_new_tokens=int(sampling["max_new_tokens"]),
             seed=int(sampling["seed"]), retries=int(sampling["retries"]),
             max_backtracks=int(sampling["max_backtracks"]),
@@ -250,14 +269,14 @@ def render() -> None:
         prompt = choose_prompt()
     with settings_col:
         probe = choose_probe()
-        threshold = None
+        alarm: tuple[str, float | None, float] = ("step", None, 0.2)
         if probe is not None:
-            threshold = choose_threshold(*probe)
+            alarm = choose_alarm(*probe)
         mode = str(st.radio("Mode", list(MODE_HELP), key=MODE_KEY, horizontal=True,
                             format_func=str.capitalize,
                             help="\n\n".join(MODE_HELP.values())))
         st.caption(MODE_HELP[mode])
-    config = monitor_config(mode, threshold, choose_sampling(mode))
+    config = monitor_config(mode, alarm, choose_sampling(mode))
     start_pressed(probe)
     job = current_job()
     running = job is not None and job.running

@@ -37,8 +37,8 @@ SAMPLE_SEED = 1000  # held out: the shipped traces and probes use seed 0
 N_SAMPLES = 8
 PAGE = "live"  # the url path of the Live page: its run stops when the page is left
 # the MonitorConfig fields the page sets (the others keep their defaults)
-PAGE_SETTINGS = ("mode", "threshold", "temperature", "top_p", "max_new_tokens", "seed",
-                 "retries", "max_backtracks", "retry_temperature_step")
+PAGE_SETTINGS = ("mode", "trigger", "threshold", "rise_margin", "temperature", "top_p",
+                 "max_new_tokens", "seed", "retries", "max_backtracks", "retry_temperature_step")
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,12 @@ class LiveRequest:
 @dataclass(frozen=True)
 class LiveRun:
     """What a running job shows beside its progress: the question, the settings, the threshold
-    in force (the config's, else the probe's calibrated one) and the probe's name."""
+    on c_step in force (the config's, else the probe's calibrated step threshold; None for the
+    prefix-rise trigger) and the probe's name."""
 
     question: str
     config: MonitorConfig
-    threshold: float
+    threshold: float | None
     probe_name: str
 
 
@@ -135,8 +136,9 @@ def start_job(loaded: LoadedModel, bundle: ProbeBundle, request: LiveRequest) ->
     if not request.prompt.strip():
         raise ValueError("Type a prompt first.")
     config = request.config
-    threshold = bundle.meta.threshold if config.threshold is None else config.threshold
-    run = LiveRun(request.prompt, config, float(threshold), request.probe_name)
+    threshold = None if config.trigger == "prefix-rise" else float(
+        bundle.meta.step_threshold if config.threshold is None else config.threshold)
+    run = LiveRun(request.prompt, config, threshold, request.probe_name)
 
     def work(job: Job[MonitorResult | None]) -> MonitorResult | None:
         progress = LiveProgress()

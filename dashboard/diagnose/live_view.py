@@ -101,8 +101,9 @@ def show_result(job: Job[Any], view: LiveView) -> None:
         cols[4].metric("tokens processed", counts["tokens_processed"],
                        help="every token the model read after the prompt, retries included")
         cols[5].metric("stopped by alarm", "yes" if counts["stopped_by_alarm"] else "no")
-        st.caption(f"probe **{run.probe_name}** · mode **{result.mode}** · threshold "
-                   f"**{result.threshold:.3f}** · temperature {config.temperature} · top-p "
+        rule = live_charts.alarm_rule(config.trigger, result.threshold, config.rise_margin)
+        st.caption(f"probe **{run.probe_name}** · mode **{result.mode}** · {rule} · "
+                   f"temperature {config.temperature} · top-p "
                    f"{config.top_p} · seed {config.seed} · max {config.max_new_tokens} new "
                    "tokens")
         rows = live_charts.step_rows(result.steps, result.discarded)
