@@ -144,6 +144,7 @@ def test_finetune_compare_json_and_csv(tmp_path: Path, tiny, monkeypatch, capsys
                  "--general-new-tokens", "3", "--journal", str(journal)]) == 0
     text = capsys.readouterr().out
     assert "target-loss reduction (mean ± sd [min, max] over seeds" in text
+    assert "eaft - sft, seed by seed: d general loss" in text and "of 2 seeds" in text
     assert "After the last step" in text
 
 

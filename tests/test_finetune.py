@@ -23,7 +23,6 @@ from core.control.finetune import (
     DEFAULT_METHODS,
     CompareConfig,
     compare_methods,
-    finetune_compare,
 )
 from core.control.finetune_data import collate, encode_example, example_from_dict
 from core.control.finetune_samples import (
@@ -329,8 +328,8 @@ def test_lr_matched_control_only_with_sgd() -> None:
     config = CompareConfig(methods=("sft", "eaft", "sft_lr_matched"), optimizer="sgd", steps=2,
                            batch_size=4, lr=0.5, eval_batch_size=4, target_new_tokens=2,
                            general_new_tokens=2, curve_accuracy=False)
-    rows = finetune_compare(loaded, _examples(8, 0, 1), _examples(4, 100, 2),
-                            config).set_index("method")
+    rows = compare_methods(loaded, _examples(8, 0, 1), _examples(4, 100, 2),
+                           config).final.set_index("method")
     gate = rows.loc["eaft", "mean_gate"]
     assert rows.loc["sft_lr_matched", "lr"] == pytest.approx(0.5 * gate)
     assert (rows["optimizer"] == "sgd").all()
@@ -364,15 +363,15 @@ def test_a_journal_resumes_without_training_again(tmp_path, monkeypatch) -> None
                         journal=journal)
 
 
-def test_finetune_compare_is_deterministic_and_lora_trains_adapters_only() -> None:
+def test_compare_methods_is_deterministic_and_lora_trains_adapters_only() -> None:
     pytest.importorskip("peft")
     loaded = _loaded()
     target, general = _examples(8, 0, 1), _examples(4, 100, 2)
     config = CompareConfig(methods=("sft", "eaft"), steps=3, batch_size=2, lr=1e-2,
                            eval_batch_size=4, target_new_tokens=4, general_new_tokens=4,
                            lora=True, lora_rank=2)
-    first = finetune_compare(loaded, target, general, config)
-    second = finetune_compare(loaded, target, general, config)
+    first = compare_methods(loaded, target, general, config).final
+    second = compare_methods(loaded, target, general, config).final
     assert first["d_theta"].iloc[1] > 0
     columns = ["target_loss", "general_loss", "mean_gate", "target_acc", "general_acc",
                "d_theta"]
@@ -388,6 +387,6 @@ def test_accuracy_is_nan_without_answers() -> None:
     loaded = _loaded()
     config = CompareConfig(methods=("sft",), steps=1, batch_size=2, eval_batch_size=4,
                            target_new_tokens=2, general_new_tokens=2)
-    table = finetune_compare(loaded, _examples(4, 0, 1, answer=False),
-                             _examples(2, 50, 2, answer=False), config)
+    table = compare_methods(loaded, _examples(4, 0, 1, answer=False),
+                            _examples(2, 50, 2, answer=False), config).final
     assert math.isnan(table.loc[0, "target_acc"]) and math.isnan(table.loc[1, "general_acc"])

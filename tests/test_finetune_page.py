@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.control.eaft import LossConfig
+from core.control.export import trainer_fragment
+from core.control.suitability import suitability
 from dashboard.common.jobs import Board, Job
 from dashboard.common.runs import with_model
-from dashboard.control import compare_panel, scan_panel, token_panel
+from dashboard.control import compare_panel, scan_panel, token_panel, verdict_panel
 from dashboard.control import page as finetune
 from dashboard.control import state as fs
 
@@ -91,6 +94,19 @@ def test_page_renders_without_a_model() -> None:
             json.dumps(value)
 
 
+def test_a_newly_chosen_file_is_scanned_whole() -> None:
+    """"Examples to scan" starts at all the examples of each file chosen, not at the count of the
+    file chosen before (a shorter one would cut the scan short)."""
+    at = upload(open_page(), "two.jsonl", jsonl([{"prompt": "a", "completion": "b"}] * 2))
+    box = next(n for n in at.number_input if n.label == "Examples to scan")
+    assert box.value == 2
+    at = upload(at, "five.jsonl", jsonl([{"prompt": "a", "completion": str(i)}
+                                         for i in range(5)]))
+    assert not at.exception
+    box = next(n for n in at.number_input if n.label == "Examples to scan")
+    assert box.value == 5 and metrics(at)["examples"] == "5"
+
+
 MIXED = (b'{"prompt": "Hi", "completion": "Hello."}\n'
          b'{"prompt": 3, "completion": "x"}\n'
          b"not json\n"
@@ -161,6 +177,19 @@ def load_sidebar_model(at: AppTest, spec: str) -> AppTest:
     return at
 
 
+def downloads(at: AppTest) -> list[str]:
+    return [b.label for b in at.get("download_button")]
+
+
+def scan_tokens(folder: Path, data: bytes):
+    """The token table of a file, scanned by core alone (the oracle for the page's verdict)."""
+    from core.control.conflicts import scan_conflicts
+    from core.control.finetune_data import read_finetune
+    from core.runtime.models import load_model
+
+    return scan_conflicts(load_model(str(folder)), read_finetune(data).examples).tokens
+
+
 def figures(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
@@ -179,6 +208,29 @@ def test_scan_on_a_tiny_model_draws_the_plane_and_applies_the_cuts(tiny_model_di
     button(at, "Scan tokens").click().run()
     assert not at.exception and not at.error
     assert metrics(at)["response tokens"] == str(6 * 4)
+    # the verdict before training, on absolute cuts: the random model is unsure everywhere
+    verdict = suitability(scan_tokens(tiny_model_dir, TINY_TRAIN))
+    boxes = {"suits": at.success, "partly": at.warning, "does_not_suit": at.info}[
+        verdict.verdict]
+    head, _, rest = verdict.reason.partition(": ")
+    assert f"**{head}:** {rest}" in texts(boxes)
+    assert metrics(at)["their share of the SFT loss"] == f"{verdict.conflict_loss_share:.1%}"
+    # the trainer fragments: the text `eaft-stats --export` writes, downloadable
+    config = LossConfig(kind="eaft", k=20, alpha=1.0, norm="lnk")
+    fragment = trainer_fragment("llamafactory", config, verdict, "tiny.jsonl")
+    assert at.code[0].value == fragment.rstrip("\n")  # st.code drops the last newline
+    assert "Download the LLaMA-Factory fragment" in downloads(at)
+    at.radio(key=verdict_panel.TRAINER_KEY).set_value("axolotl").run()
+    assert at.code[0].value.endswith("use_eaft: true\neaft_alpha: 1\neaft_k: 20")
+    assert "Download the Axolotl fragment" in downloads(at)
+    at.number_input(key=finetune.K_KEY).set_value(10)  # LLaMA-Factory fixes K = 20: a sentence
+    at.radio(key=verdict_panel.TRAINER_KEY).set_value("llamafactory")
+    button(at.run(), "Scan tokens").click().run()
+    assert not at.exception and any("no K setting" in i for i in texts(at.info))
+    at.radio(key=verdict_panel.TRAINER_KEY).set_value("trl").run()
+    assert "LossConfig(kind=\"eaft\", k=10" in at.code[0].value
+    at.number_input(key=finetune.K_KEY).set_value(20)
+    button(at.run(), "Scan tokens").click().run()
     density, sft, eaft = figures(at)[:3]
     assert int(np.nansum(array(density["data"][0]["customdata"]))) == 24
     assert sft["data"][0]["zmax"] == eaft["data"][0]["zmax"]  # one colour scale for both
@@ -210,13 +262,30 @@ def test_scan_on_a_tiny_model_draws_the_plane_and_applies_the_cuts(tiny_model_di
 def test_comparison_on_a_tiny_model_runs_to_its_table(tiny_model_dir: Path) -> None:
     at = upload(load_sidebar_model(open_page(), str(tiny_model_dir)), "tiny.jsonl", TINY_TRAIN)
     at = upload(at, "general.jsonl", TINY_GENERAL, key=compare_panel.GENERAL_UPLOAD_KEY)
-    at.number_input(key=compare_panel.STEPS_KEY).set_value(2).run()
+    at.number_input(key=compare_panel.STEPS_KEY).set_value(2)
+    at.number_input(key=compare_panel.EVAL_EVERY_KEY).set_value(1)
+    at.selectbox(key=compare_panel.LR_KEY).set_value("1e-3")
+    at.number_input(key=compare_panel.SEEDS_KEY).set_value(2).run()
     button(at, "Start comparison").click().run(timeout=300)
     assert not at.exception and not at.error
-    table = next(d.value for d in at.dataframe if "d_general_loss" in d.value.columns)
-    assert table["method"].tolist() == ["base", *compare_panel.DEFAULT_METHODS]
-    assert table.loc[0, "d_target_loss"] == 0.0
-    assert "Download the comparison (CSV)" in [b.label for b in at.get("download_button")]
+    final = next(d.value for d in at.dataframe if "d_general_loss" in d.value.columns)
+    assert final["method"].tolist() == ["base", *compare_panel.DEFAULT_METHODS] * 2
+    assert final["seed"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert final.loc[0, "d_target_loss"] == 0.0
+    # at lr 1e-3 every run lowers the held-out target loss: a matched level exists
+    shown = [d.value for d in at.dataframe]
+    summary = next(t for t in shown if "|dtheta|" in t.columns and "step" in t.columns)
+    assert summary["method"].tolist() == list(compare_panel.DEFAULT_METHODS)
+    assert (summary["seeds"] == 2).all()
+    paired = next(t for t in shown if "general loss rose less" in t.columns)
+    assert paired["method"].tolist() == ["eaft - sft"]
+    curves = figures(at)[-1]
+    runs = [t for t in curves["data"] if t["mode"] == "lines+markers"]
+    assert len(runs) == 2 * 2 * 3  # seeds x methods x panels
+    assert all(len(array(t["x"])) == 3 for t in runs)  # steps 0, 1, 2
+    labels = downloads(at)
+    assert {"Download the comparison (CSV)", "Download the curves (CSV)",
+            "Download the matched runs (CSV)"} <= set(labels)
     assert not button(at, "Start comparison").disabled
 
 
@@ -237,14 +306,16 @@ def test_scan_request_round_trips_through_session_state() -> None:
 
 def test_compare_request_round_trips_and_names_its_job(monkeypatch: pytest.MonkeyPatch) -> None:
     request = fs.CompareRequest(("m", "cpu", "auto"), "t", "g", ("sft", "eaft"), 1, 1, False, 1,
-                                lr=3e-5)
+                                lr=3e-5, repeats=3, eval_every=1)
+    config = request.config()
+    assert config.seeds == (0, 1, 2) and config.evaluation_steps == (1,)
     plain = json.loads(json.dumps(request.to_state()))
     assert fs.CompareRequest.from_state(plain) == request
     assert fs.CompareRequest.from_state({**plain, "steps": None, "extra": 1}) is None
     assert with_model(request)(("x", "cpu", "auto")).model == ("x", "cpu", "auto")
     board = Board()
     monkeypatch.setattr(fs, "board", lambda: board)
-    monkeypatch.setattr(fs, "finetune_compare", lambda *a, **k: "table")
+    monkeypatch.setattr(fs, "compare_methods", lambda *a, **k: "table")
     job: Job = fs.start_compare(request, None, [], [])  # type: ignore[arg-type]
     assert job.wait(5) and job.result == "table" and job.key == request.key
     assert fs.start_compare(request, None, [], []) is job  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from core.control.matching import (
     paired_differences,
     relative_reduction,
     seed_summary,
+    spread_text,
 )
 
 
@@ -119,3 +120,14 @@ def test_seed_summary_and_paired_differences_by_hand() -> None:
     # one seed: the sd is undefined (NaN), not 0
     one = seed_summary(matched[matched["seed"] == 0]).set_index("method")
     assert math.isnan(one.loc["sft", "d_general_loss_sd"])
+
+
+def test_spread_text_by_hand() -> None:
+    row = {"d_theta_mean": 0.5, "d_theta_sd": 0.125, "d_theta_min": 0.25, "d_theta_max": 0.75,
+           "acc_mean": -0.05, "acc_sd": math.nan, "acc_min": -0.05, "acc_max": -0.05,
+           "gone_mean": None, "gone_sd": None}
+    assert spread_text(row, "d_theta") == "+0.500 ± 0.125 [+0.250, +0.750]"
+    assert spread_text(row, "d_theta", signed=False) == "0.500 ± 0.125 [0.250, 0.750]"
+    assert spread_text(row, "d_theta", scale=100, digits=1) == "+50.0 ± 12.5 [+25.0, +75.0]"
+    assert spread_text(row, "acc") == "-0.050"  # one seed: no sd
+    assert spread_text(row, "gone") == "n/a" and spread_text(row, "missing") == "n/a"

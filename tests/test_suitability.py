@@ -1,12 +1,16 @@
-"""The suitability verdict on hand-built token tables, and the trainer config fragments."""
+"""The suitability verdict on hand-built token tables, and the trainer config fragments (read
+back as YAML and Python; the TRL one run as written on a tiny model)."""
 
 from __future__ import annotations
 
 import ast
+import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml  # PyYAML: a transformers dependency
 
 from core.control.eaft import LossConfig
 from core.control.export import EXPORT_FORMATS, FILE_NAMES, trainer_fragment
@@ -62,7 +66,6 @@ def test_a_file_of_uncertain_novelty_does_not_suit_eaft() -> None:
 
 
 def test_fragments_for_each_trainer() -> None:
-    yaml = pytest.importorskip("yaml")
     verdict = suitability(_tokens([(0.01, 0.1, 1.0, 10), (0.2, 0.8, 0.8, 20)]))
     config = LossConfig(kind="eaft", k=20, alpha=0.5)
     llama = trainer_fragment("llamafactory", config, verdict, data="notation.jsonl")
@@ -88,3 +91,36 @@ def test_fragments_refuse_what_the_trainer_cannot_express() -> None:
         trainer_fragment("axolotl", LossConfig(kind="sft"))
     with pytest.raises(ValueError, match="export format"):
         trainer_fragment("unsloth", LossConfig(kind="eaft"))
+
+
+def test_the_trl_fragment_trains_through_telltales_loss(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TRL fragment as written, with `model` (a local folder) and `dataset` defined: it
+    trains, and every step's loss is Telltale's gated loss (the loss records one call per step,
+    the trainer logs its gate). Only the hardware and length settings are added to SFTConfig
+    (TRL defaults to bf16, which a CPU lacks)."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+
+    template = ("{% for m in messages %}<s> {{ {'user': 'w3', 'assistant': 'w4'}.get(m['role'], "
+                "'w5') }} {{ m['content'] }} </s> {% endfor %}"
+                "{% if add_generation_prompt %}<s> w4 {% endif %}")
+    folder = tmp_path / "model"
+    tiny_model("llama", seed=0).save_pretrained(folder)
+    tiny_tokenizer(template).save_pretrained(folder)
+    rows = [{"prompt": f"w{10 + i} w{20 + i}", "completion": f"w{30 + i} w{40 + i} w{50 + i}"}
+            for i in range(8)]
+    monkeypatch.setattr(trl, "SFTConfig", functools.partial(
+        trl.SFTConfig, use_cpu=True, bf16=False, max_steps=3, per_device_train_batch_size=4,
+        logging_steps=1, report_to=[], save_strategy="no", max_length=32, disable_tqdm=True))
+    monkeypatch.chdir(tmp_path)  # the fragment's output_dir
+    scope = {"model": str(folder), "dataset": Dataset.from_list(rows)}
+    exec(compile(trainer_fragment("trl", LossConfig(kind="eaft", k=10)), "eaft_trl.py", "exec"),
+         scope)
+    trainer, loss_fn = scope["trainer"], scope["loss_fn"]
+    assert trainer.state.global_step == 3 and len(loss_fn.records) == 3
+    assert loss_fn.config == LossConfig(kind="eaft", k=10)
+    logged = [row for row in trainer.state.log_history if "loss" in row]
+    assert len(logged) == 3 and all(0 < row["gate_mean"] <= 1 for row in logged)

@@ -135,18 +135,9 @@ def _levels(text: str | None) -> tuple[float, ...]:
                        f"{text!r}.") from None
 
 
-def _spread(row: Any, metric: str, sign: str = "+") -> str:
-    """mean ± sd [min, max] of a summary row's metric (`sign` "+": changes show their sign)."""
-    mean, sd = common.plain(row[f"{metric}_mean"]), common.plain(row[f"{metric}_sd"])
-    if mean is None:
-        return "n/a"
-    if sd is None:
-        return f"{mean:{sign}.3f}"
-    return (f"{mean:{sign}.3f} ± {sd:.3f} [{row[f'{metric}_min']:{sign}.3f}, "
-            f"{row[f'{metric}_max']:{sign}.3f}]")
-
-
 def _print_matched(result: Any) -> None:
+    from core.control.matching import spread_text
+
     if not result.levels:
         print("No target-loss reduction is reached by every run (some method never lowered the "
               "held-out target loss), so there is no matched comparison.")
@@ -160,9 +151,18 @@ def _print_matched(result: Any) -> None:
         for _, row in rows.iterrows():
             step = common.plain(row["step_mean"])
             print(f"  {row['method']:<15}{row['n_seeds']:>6}  "
-                  f"{_spread(row, 'd_general_loss'):<34}{_spread(row, 'd_general_acc'):<34}"
-                  f"{_spread(row, 'd_theta', sign=''):<34}"
+                  f"{spread_text(row, 'd_general_loss'):<34}"
+                  f"{spread_text(row, 'd_general_acc'):<34}"
+                  f"{spread_text(row, 'd_theta', signed=False):<34}"
                   f"{'n/a' if step is None else f'{step:.1f}':>6}")
+        if result.differences.empty:
+            continue
+        for _, row in result.differences[result.differences["level"] == level].iterrows():
+            print(f"  {row['method']} - {row['reference']}, seed by seed: d general loss "
+                  f"{spread_text(row, 'diff_d_general_loss')}, d general acc "
+                  f"{spread_text(row, 'diff_d_general_acc')}, |dtheta| "
+                  f"{spread_text(row, 'diff_d_theta')}; its general loss rose less in "
+                  f"{row['n_less_loss']} of {row['n_seeds']} seeds")
 
 
 def cmd_finetune_compare(args: argparse.Namespace) -> int:

@@ -423,18 +423,7 @@ def _result(config: CompareConfig, final_rows: list[dict[str, Any]],
                          levels=levels)
 
 
-def finetune_compare(loaded: LoadedModel, train_examples: Sequence[FinetuneExample],
-                     general: Sequence[FinetuneExample], config: CompareConfig | None = None,
-                     target_eval: Sequence[FinetuneExample] | None = None,
-                     progress: Progress | None = None) -> pd.DataFrame:
-    """`compare_methods(...).final`: the after-training table alone (one row for the base model
-    and one per method, per seed). Read forgetting at matched progress from `compare_methods`."""
-    return compare_methods(loaded, train_examples, general, config, target_eval,
-                           progress).final
-
-
 __all__ = [
     "DEFAULT_METHODS", "LR_MATCHED_NEEDS_SGD", "METHODS", "OPTIMIZERS", "TABLE_COLUMNS",
     "CompareConfig", "CompareResult", "EvalSets", "compare_methods", "evaluate",
-    "finetune_compare",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -117,6 +118,30 @@ def seed_summary(matched: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _number(value: Any) -> float:
+    """A table cell as a float (None and pandas' missing values: NaN)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def spread_text(row: Mapping[Any, Any] | pd.Series, metric: str, *, signed: bool = True,
+                scale: float = 1.0, digits: int = 3) -> str:
+    """"mean ± sd [min, max]" of one metric of a `seed_summary` or `paired_differences` row
+    (columns {metric}_mean, _sd, _min, _max), each times `scale`; the mean alone when there is
+    no sd (one seed); "n/a" when no seed reached the level. `signed`: changes show their sign."""
+    mean, sd, lo, hi = (_number(row.get(f"{metric}_{stat}")) * scale
+                        for stat in ("mean", "sd", "min", "max"))
+    sign = "+" if signed else ""
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(sd):
+        return f"{mean:{sign}.{digits}f}"
+    return (f"{mean:{sign}.{digits}f} ± {abs(sd):.{digits}f} [{lo:{sign}.{digits}f}, "
+            f"{hi:{sign}.{digits}f}]")
+
+
 def paired_differences(matched: pd.DataFrame, reference: str = "sft") -> pd.DataFrame:
     """Per method (not the reference) and level: the seed-by-seed difference method - reference
     of d_general_loss, d_general_acc and d_theta (mean, sd, min, max), and `n_less_loss`, the
@@ -145,4 +170,5 @@ def paired_differences(matched: pd.DataFrame, reference: str = "sft") -> pd.Data
 __all__ = [
     "CURVE_COLUMNS", "INTERPOLATED", "MATCHED_COLUMNS", "SUMMARY_METRICS", "at_level",
     "common_reach", "matched_table", "paired_differences", "relative_reduction", "seed_summary",
+    "spread_text",
 ]

@@ -231,29 +231,7 @@ def table_bytes(table: pd.DataFrame, fmt: str) -> bytes:
     raise ValueError(f"The export format must be 'jsonl' or 'parquet', not {fmt!r}.")
 
 
-# ---------------------------------------------------------------------------- comparison
-
-
-def compare_figure(table: pd.DataFrame) -> go.Figure:
-    """What each method learned and forgot: per method (not the base row), the change of the
-    held-out target loss (below 0: it learned the target) and of the general loss (above 0: it
-    forgot), side by side."""
-    rows = table[table["method"] != "base"]
-    fig = go.Figure([
-        go.Bar(x=rows["method"], y=rows["d_target_loss"],
-               name="held-out target loss (down = learned)",
-               marker={"color": "#4C78A8"},
-               hovertemplate="%{x}: target loss %{y:+.3f}<extra></extra>"),
-        go.Bar(x=rows["method"], y=rows["d_general_loss"],
-               name="general loss (up = forgot)", marker={"color": "#E45756"},
-               hovertemplate="%{x}: general loss %{y:+.3f}<extra></extra>"),
-    ])
-    fig.update_layout(barmode="group", height=320, title={
-        "text": "Loss change from the base model", "font": {"size": 14}},
-        yaxis={"title": "change of mean CE (nats)", "zeroline": True,
-               "zerolinecolor": "#888"},
-        margin={"t": 50, "l": 60, "r": 10, "b": 40}, legend={"orientation": "h", "y": -0.15})
-    return fig
+# ---------------------------------------------------------------------------- hover
 
 
 def hover_label(target: str, top: str, p: float, h: float, example_id: str) -> str:
@@ -271,7 +249,7 @@ def hover_labels(tokens: pd.DataFrame) -> list[str]:
 
 __all__ = [
     "COLOUR_MODES", "CONFLICT_COLUMNS", "EXPORT_COLUMNS", "QUADRANTS", "QUADRANT_TITLES",
-    "SHARE_TITLES", "compare_figure", "conflict_rows", "example_html", "hover_label",
+    "SHARE_TITLES", "conflict_rows", "example_html", "hover_label",
     "hover_labels", "numbers", "quadrant_share_figure", "quadrant_table", "table_bytes",
     "visible_token", "weights_table",
 ]

@@ -1,13 +1,15 @@
 """Fine-tuning page: before training, see which tokens of a fine-tuning set fight what the model
-already knows (confident conflicts: low p, low entropy), where the gradient of SFT and of EAFT
-would push, and each example's conflicts; export per-token weights; then run a short SFT-against-
-EAFT comparison and see what each method learned and forgot.
+already knows (confident conflicts: low p, low entropy), whether EAFT suits the file, where the
+gradient of SFT and of EAFT would push, and each example's conflicts; export per-token weights
+and a trainer config fragment; then compare SFT and EAFT over seeds at matched progress on the
+target and see what each forgot.
 
-Inputs -> request -> run -> show: reading, scanning, the shares and the comparison are `core`
-calls (`core.control.finetune_data`, `core.control.conflicts`, `core.control.finetune`) made
-through `control.state` (cached; a background job for the comparison) and run with
-`dashboard.common.runs`; the views are `scan_panel`, `token_panel` and `compare_panel`; figures,
-tables, HTML and export bytes come from `control.charts`.
+Inputs -> request -> run -> show: reading, scanning, the verdict, the shares, the fragments and
+the comparison are `core` calls (`core.control.finetune_data`, `conflicts`, `suitability`,
+`export`, `finetune`) made through `control.state` (cached; a background job for the comparison)
+and run with `dashboard.common.runs`; the views are `scan_panel`, `verdict_panel`, `token_panel`
+and `compare_panel`; figures, tables, HTML and export bytes come from `control.charts`,
+`plane_charts` and `compare_charts`.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ UPLOAD_KEY = "finetune_upload"
 K_KEY = "finetune_k"
 NORM_KEY = "finetune_norm"
 MAX_TOKENS_KEY = "finetune_max_tokens"
-MAX_EXAMPLES_KEY = "finetune_max_examples"
+MAX_EXAMPLES_KEY = "finetune_max_examples"  # + the file's hash: each file starts at all
 SCAN_KEY = "finetune_scan_request"  # session state: what "Scan tokens" asked for
 SHAPE_TITLES = {"messages": "chat", "prompt_completion": "prompt/completion", "text": "text"}
 FILE_CHOICE = FileChoice(
     "Sample fine-tuning file", SAMPLE_KEY, "Upload a fine-tuning file (JSONL)", UPLOAD_KEY,
-    sample_help="finetune_conflicts: capitals the model knows, swapped (conflicts by design). "
-                "finetune_target: arithmetic in a house style. finetune_general: questions the "
-                "model answers right.",
+    sample_help="finetune_notation: sums answered in little-endian digits (confident "
+                "conflicts: the model is sure of the usual digits). finetune_target: arithmetic "
+                "in a house style (novelty in uncertain tokens). finetune_conflicts: capitals "
+                "the model knows, swapped. finetune_general: questions the model answers right.",
     upload_help="One example per line: {\"messages\": [{\"role\", \"content\"}, ...]}, "
                 "{\"prompt\", \"completion\"} (or \"response\"), or {\"text\"}. Optional: "
                 "\"id\", \"answer\", \"new_facts\" (true, or substrings of the response that "
@@ -65,7 +68,9 @@ def show_file_summary(load: FinetuneLoad) -> None:
 # ---------------------------------------------------------------------------- the scan
 
 
-def choose_scan_settings(n_examples: int) -> fs.ScanSettings | None:
+def choose_scan_settings(n_examples: int, file_hash: str) -> fs.ScanSettings | None:
+    """The scan settings. "Examples to scan" is keyed per file, so a newly chosen file starts
+    at all its examples instead of keeping the count typed for the last one."""
     with st.expander("Scan settings: top-K, entropy normalisation, length, how many examples"):
         cols = st.columns(4)
         k = cols[0].number_input("K (top-K entropy)", min_value=2, max_value=1000, value=20,
@@ -78,7 +83,7 @@ def choose_scan_settings(n_examples: int) -> fs.ScanSettings | None:
                                           key=MAX_TOKENS_KEY, help="longer ones are cut")
         max_examples = cols[3].number_input("Examples to scan", min_value=1,
                                             max_value=max(1, n_examples), value=n_examples,
-                                            step=1, key=MAX_EXAMPLES_KEY,
+                                            step=1, key=f"{MAX_EXAMPLES_KEY}_{file_hash}",
                                             help="the first N of the file")
     try:
         return fs.ScanSettings(k=int(k), norm=str(norm), max_tokens=int(max_tokens),
@@ -119,8 +124,9 @@ def render() -> None:
     """The page (run by `st.navigation` in dashboard/app.py)."""
     st.title("Fine-tuning")
     st.caption("Before training: which tokens of a fine-tuning set fight what the model already "
-               "knows (confident conflicts: low p, low entropy), and how much of the SFT update "
-               "they would take. Then train with SFT and EAFT and see what each forgot.")
+               "knows (confident conflicts: low p, low entropy), how much of the SFT loss and "
+               "gradient they carry, and whether EAFT suits the file. Then train with SFT and "
+               "EAFT and see what each forgot at the same progress on the target.")
     chosen = choose_file(fs.finetune_samples(), FILE_CHOICE)
     if chosen is None:
         return
@@ -136,11 +142,11 @@ def render() -> None:
     file_hash = state.content_hash(data)
 
     st.subheader("Confident conflicts")
-    settings = choose_scan_settings(len(load.examples))
+    settings = choose_scan_settings(len(load.examples), file_hash)
     SCAN.button(None if settings is None
                 else partial(fs.ScanRequest, file_hash=file_hash, settings=settings))
     if settings is not None:
         scan = current_scan(file_hash, settings, load.examples)
         if scan is not None:
-            show_results(scan, load, stem)
+            show_results(scan, load, name)
     compare_section(file_hash, load.examples, stem)

@@ -5,6 +5,8 @@ here: the scan is done."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -23,6 +25,7 @@ from core.control.finetune_data import FinetuneLoad
 from dashboard.control import charts as cf
 from dashboard.control import plane_charts
 from dashboard.control.token_panel import show_conflict_table, show_examples, show_export
+from dashboard.control.verdict_panel import show_trainer_exports, show_verdict, verdict_for_scan
 
 MODE_KEY = "finetune_threshold_mode"
 ALPHA_KEY = "finetune_alpha"
@@ -165,13 +168,20 @@ def show_shares(summary: ConflictSummary) -> None:
                   "under SFT and under EAFT in each quadrant.")
 
 
-def show_results(scan: ConflictScan, load: FinetuneLoad, stem: str) -> None:
-    """Everything drawn from one scan under the chosen thresholds (no model call here)."""
+def show_results(scan: ConflictScan, load: FinetuneLoad, name: str) -> None:
+    """Everything drawn from one scan: the verdict on EAFT first (above the thresholds, which do
+    not change it), then the plane and tables under the chosen thresholds (no model call)."""
+    stem = Path(name).stem
+    verdict_box = st.container()
     st.markdown("**Thresholds**")
     picked = choose_thresholds()
     if picked is None:
         return
     thresholds, compared, alpha = picked
+    verdict = verdict_for_scan(scan, alpha)
+    if verdict is not None:
+        with verdict_box:
+            show_verdict(verdict)
     tokens = scan.tokens
     try:
         summary = summarise_conflicts(tokens, thresholds, default_gates(alpha))
@@ -190,3 +200,5 @@ def show_results(scan: ConflictScan, load: FinetuneLoad, stem: str) -> None:
     show_conflict_table(marked, stem)
     show_examples(marked, thresholds, {e.id: e for e in load.examples})
     show_export(marked, gates, scan, alpha, stem)
+    if verdict is not None:
+        show_trainer_exports(verdict, scan, alpha, name, stem)

@@ -23,7 +23,7 @@ import streamlit as st
 
 from core.control.conflicts import TOKEN_COLUMNS, ConflictScan, scan_conflicts
 from core.control.entropy import NORMS
-from core.control.finetune import CompareConfig, finetune_compare
+from core.control.finetune import CompareConfig, CompareResult, compare_methods
 from core.control.finetune_data import FinetuneExample, FinetuneLoad, read_finetune
 from core.progress import Progress
 from core.runtime.models import LoadedModel
@@ -155,7 +155,8 @@ def scan_file(request: ScanRequest, examples: Sequence[FinetuneExample],
 @dataclass(frozen=True)
 class CompareRequest:
     """One comparison run: the model, the target and general files (content hashes) and the
-    `CompareConfig` fields the page sets. `key` names it on the board."""
+    `CompareConfig` fields the page sets (seeds seed .. seed + repeats - 1, an evaluation
+    every `eval_every` steps). `key` names it on the board."""
 
     model: ModelKey
     train_hash: str
@@ -166,6 +167,8 @@ class CompareRequest:
     lora: bool
     max_eval: int
     lr: float | None = None
+    repeats: int = 1
+    eval_every: int | None = None
     max_tokens: int = 256
     target_new_tokens: int = 48
     general_new_tokens: int = 24
@@ -174,7 +177,8 @@ class CompareRequest:
     def config(self) -> CompareConfig:
         """The core config (raises ValueError with a sentence for bad settings)."""
         return CompareConfig(methods=self.methods, steps=self.steps, batch_size=self.batch_size,
-                             lr=self.lr, seed=self.seed, lora=self.lora,
+                             lr=self.lr, seed=self.seed, repeats=self.repeats,
+                             eval_every=self.eval_every, lora=self.lora,
                              max_tokens=self.max_tokens, max_eval=self.max_eval,
                              target_new_tokens=self.target_new_tokens,
                              general_new_tokens=self.general_new_tokens)
@@ -202,15 +206,16 @@ class CompareRequest:
 
 def start_compare(request: CompareRequest, loaded: LoadedModel,
                   train: Sequence[FinetuneExample],
-                  general: Sequence[FinetuneExample]) -> Job[pd.DataFrame]:
+                  general: Sequence[FinetuneExample]) -> Job[CompareResult]:
     """The comparison run for `request` on the process's job board (`dashboard.common.jobs`):
-    the one there (running, or finished with its table), or a new one. Raises ValueError at
-    once for bad settings."""
+    the one there (running, or finished with its `CompareResult`: curves, the runs at matched
+    target-loss reduction, seed summaries), or a new one. Raises ValueError at once for bad
+    settings."""
     config = request.config()
     train, general = list(train), list(general)
 
-    def work(job: Job[pd.DataFrame]) -> pd.DataFrame:
-        return finetune_compare(loaded, train, general, config, progress=job.report_or_stop)
+    def work(job: Job[CompareResult]) -> CompareResult:
+        return compare_methods(loaded, train, general, config, progress=job.report_or_stop)
 
     return board().start(request.key, work, "The comparison", request=request,
                          page="fine-tuning", keeps_going=True)
