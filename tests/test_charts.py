@@ -9,12 +9,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
+from core.data.answers import accuracy_with_chance
+from core.data.prefix_labels import derive_prefix_labels, recovered_steps
 from dashboard.common.charts import hover_text, issue_table
 from dashboard.diagnose.trace_charts import (
     SIGNAL_TITLES,
+    answers_sentence,
     chain_table,
+    chance_text,
     label_name,
     labelled_scores,
+    outcome_text,
     signal_by_label_figure,
     step_signal_figure,
     steps_table,
@@ -35,6 +40,9 @@ class FakeTrace:
     problem_id: str | None
     steps: tuple[FakeStep, ...]
     is_correct: bool | None
+    answered: bool | None = None
+    answer: str | None = None
+    gold: str | None = None
 
 
 def signals() -> pd.DataFrame:
@@ -156,13 +164,15 @@ def test_signal_by_label_figure_groups_steps() -> None:
 def test_chain_table_counts_and_rates() -> None:
     traces = [
         FakeTrace("a", "p1", (FakeStep("x", 0), FakeStep("y", 1), FakeStep("z", None),
-                              FakeStep("w", 1)), False),
+                              FakeStep("w", 1)), False, answered=False),
         FakeTrace("b", "p1", (FakeStep("x", None),), None),
-        FakeTrace("c", "p2", (FakeStep("x", 0), FakeStep("y", 0)), True),
+        FakeTrace("c", "p2", (FakeStep("x", 0), FakeStep("y", 0)), True, answered=True),
     ]
     table = chain_table(traces)
     assert list(table.columns) == ["id", "problem_id", "steps", "labelled_steps",
-                                   "hallucinated_steps", "hallucinated_rate", "is_correct"]
+                                   "hallucinated_steps", "hallucinated_rate", "answered",
+                                   "is_correct"]
+    assert table["answered"].tolist() == [False, None, True]
     assert table["steps"].tolist() == [4, 1, 2]
     assert table["labelled_steps"].tolist() == [3, 0, 2]
     assert table["hallucinated_steps"].tolist() == [2, 0, 0]
@@ -184,6 +194,55 @@ def test_steps_table_names_labels() -> None:
     assert table["label"].tolist() == ["correct", "hallucinated", "unlabelled"]
     assert table["text"].tolist() == ["x", "y", "z"]
     assert table["step"].tolist() == [0, 1, 2]
+    assert not table["back_on_track"].any()  # step 2's prefix label is unknown
+
+
+def test_recovered_steps_follow_the_papers_prefix_labels() -> None:
+    # a chain that breaks at step 1 and ends right is back on track from step 2 on
+    prefix = derive_prefix_labels([0, 1, 0, 0], True)
+    assert recovered_steps(prefix) == [False, False, True, True]
+    # the same chain under "any-so-far" never recovers; a wrong chain never does either
+    assert not any(recovered_steps(derive_prefix_labels([0, 1, 0, 0], True, "any-so-far")))
+    assert not any(recovered_steps(derive_prefix_labels([0, 1, 0, 0], False)))
+    # two broken stretches: back on track after each; unknown and NaN labels are never
+    assert recovered_steps([1, 0, 1, 1, 0]) == [False, True, False, False, True]
+    assert recovered_steps([0, None, 1, math.nan, 0]) == [False] * 4 + [True]
+    assert recovered_steps([]) == []
+    trace = FakeTrace("r", "p", tuple(FakeStep(t, s, p) for t, s, p in zip(
+        "abcd", [0, 1, 0, 0], prefix, strict=True)), True)
+    assert steps_table(trace)["back_on_track"].tolist() == [False, False, True, True]
+
+
+def test_outcome_text_says_whether_an_answer_was_stated() -> None:
+    steps = (FakeStep("x", 0),)
+    right = FakeTrace("a", "p", steps, True, answered=True, answer="14", gold="14")
+    assert outcome_text(right) == "stated answer 14 · gold 14 · right"
+    none = FakeTrace("b", "p", steps, False, answered=False, gold="14")
+    assert outcome_text(none) == "no answer stated · gold 14 · counts as wrong"
+    old = FakeTrace("c", "p", steps, False, answer="15", gold="14")  # answered not recorded
+    assert outcome_text(old).startswith("answer 15 (whether the reply stated it is not")
+    assert outcome_text(FakeTrace("d", "p", steps, None)) == ("no answer recorded · gold - · "
+                                                              "right or wrong unknown")
+
+
+def test_answers_sentence_puts_chance_beside_the_accuracy() -> None:
+    # 4 problems, 2 chains each; 6 of 8 state an answer, 3 state the right one
+    answers = ["1", "1", "9", None, "3", None, "7", "7"]
+    golds = ["1", "1", "2", "2", "3", "3", "4", "4"]
+    problems = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    found = accuracy_with_chance(answers, golds, problems, n_shuffles=10)
+    text = answers_sentence(found)
+    assert text.startswith("Of the 8 chains with a gold answer (4 problems), 6 state an answer "
+                           "(75.0%) and 3 state the right one (37.5%)")
+    assert "golds shuffled across problems" in text and "over 10 shuffles" in text
+    assert chance_text(found) in text
+    assert chance_text(found) == f"{found.chance_mean:.1%} ± {found.chance_sd:.1%}"
+    # right far above what shuffled golds give: clear of chance
+    many = accuracy_with_chance([str(i) for i in range(40)], [str(i) for i in range(40)])
+    assert "clear of chance" in answers_sentence(many)
+    lucky = accuracy_with_chance(["1"] * 40, ["1", "2"] * 20, [str(i) for i in range(40)])
+    assert "not shown to be better than luck" in answers_sentence(lucky)
+    assert "neither accuracy" in answers_sentence(accuracy_with_chance([None], [None]))
 
 
 def test_summary_counts_pool_all_chains() -> None:

@@ -14,10 +14,13 @@ from core.diagnose.metrics import DynamicMetrics, RecoveryStat, ResidualTime
 from core.diagnose.report import DYNAMIC_KEYS, EvaluationReport, FinalCounts, Ranking
 from dashboard.diagnose.corpus_charts import (
     dynamic_table,
+    lead_sentence,
     metrics_table,
+    missing_key_baselines,
     recovery_sentence,
     residual_time_figure,
     roc_figure,
+    shown_table,
     sweep_figure,
 )
 from dashboard.diagnose.probe_charts import (
@@ -92,6 +95,24 @@ def test_chain_figure_marks_true_labels_and_the_focus() -> None:
     assert fig.layout.title.text.startswith("Chain b")
 
 
+def test_chain_figure_marks_the_steps_back_on_track() -> None:
+    table = steps()
+    table.loc[table["trace_id"] == "a", "label"] = [0, 1, 0, 0]
+    table.loc[table["trace_id"] == "a", "prefix_label"] = [0, 1, 0, 0]  # recovered after step 1
+    fig = probe_chain_figure(table, "a", threshold=0.6, step_threshold=0.5,
+                             outcome="stated answer 14 · gold 14 · right")
+    back = named(fig, "back on track")
+    assert list(back.x) == [2, 3] and back.marker.symbol == "diamond"
+    assert list(named(fig, "labelled correct").x) == [0]  # the recovered steps are diamonds
+    assert list(named(fig, "labelled hallucinated").x) == [1]
+    assert back.marker.color != named(fig, "labelled correct").marker.color
+    assert "stated answer 14 · gold 14 · right" in fig.layout.title.text
+    # chain b never recovers (its last prefix label is 1): no diamond, no entry in the legend
+    fig = probe_chain_figure(table, "b", threshold=0.6, step_threshold=0.5)
+    assert "back on track" not in {t.name for t in fig.data}
+    assert "<br>" not in fig.layout.title.text
+
+
 def test_chain_figure_without_step_probe_draws_the_prefix_only() -> None:
     table = steps()
     table["step_score"] = NAN
@@ -158,7 +179,8 @@ def report(intervals: dict | None = None) -> EvaluationReport:
         n_chains=3, n_steps=9, threshold=0.4,
         probes=Ranking(step_auroc=0.9, step_auprc=0.8, prefix_auroc=0.7, final_auroc=None),
         step_f1=0.6, final_counts=FinalCounts(positive=2, negative=1),
-        baselines={"mean_nll": Ranking(0.6, 0.5, 0.55, None)},
+        baselines={"mean_nll": Ranking(0.6, 0.5, 0.55, None),
+                   "text": Ranking(0.85, 0.7, 0.6, 0.8)},
         dynamic=DynamicMetrics(snap_m=0.2, lag=1.0, icr=None, brake_s=None, ling_t=None,
                                heal_3=None, r_score=None, fp_len=None, n_onsets=1,
                                n_recoveries=0),
@@ -166,31 +188,73 @@ def report(intervals: dict | None = None) -> EvaluationReport:
                                    censored=np.array([False, True, False])),
         recovery=RecoveryStat(k=5, n_chains=0, n_correct=0, share_correct=None, ci_low=None,
                               ci_high=None),
-        intervals=intervals)
+        intervals=intervals,
+        dynamic_at_0_5=DynamicMetrics(snap_m=0.25, lag=2.0, icr=0.5, brake_s=None,
+                                      ling_t=None, heal_3=None, r_score=None, fp_len=1.0,
+                                      n_onsets=1, n_recoveries=0))
 
 
-def test_metrics_table_puts_probes_beside_baselines() -> None:
+INTERVALS = {
+    "unit": "problem", "n_problems": 3,
+    "probe": {"step_auroc": [0.85, 0.95], "final_auroc": None},
+    "baselines": {"mean_nll": {"step_auroc": [0.5, 0.7], "final_auroc": None},
+                  "text": {"step_auroc": [0.8, 0.9], "final_auroc": [0.6, 0.95]}},
+    "lead": {"mean_nll": {"step_auroc": [0.2, 0.4], "final_auroc": None},
+             "text": {"step_auroc": [-0.02, 0.11], "final_auroc": None}}}
+
+
+def test_metrics_table_puts_probes_beside_baselines_with_their_lead() -> None:
     table = metrics_table(report())
     assert table.columns.tolist() == ["scores", "step_auroc", "step_auprc", "prefix_auroc",
-                                      "final_auroc", "step_f1"]
-    assert table["scores"].tolist() == ["probes (step probe, prefix tracker)", "mean NLL"]
-    assert table["step_auroc"].tolist() == [0.9, 0.6]
-    assert table["final_auroc"].isna().all()  # unsupported stays empty, never 0
+                                      "final_auroc", "step_f1", "step_lead", "final_lead"]
+    assert table["scores"].tolist() == ["probes (step probe, prefix tracker)", "mean NLL",
+                                        "text-only classifier (the words, no hidden state)"]
+    assert table["step_auroc"].tolist() == [0.9, 0.6, 0.85]
+    assert table["final_auroc"].isna().tolist() == [True, True, False]  # unsupported: empty, not 0
     assert math.isnan(table["step_f1"][1])
-    with_ci = metrics_table(report({
-        "probe": {"step_auroc": [0.85, 0.95], "final_auroc": None},
-        "baselines": {"mean_nll": {"step_auroc": [0.5, 0.7], "final_auroc": None}}}))
-    assert with_ci["step_auroc_ci"].tolist() == ["0.850-0.950", "0.500-0.700"]
-    assert with_ci["final_auroc_ci"].isna().all()
+    assert table["step_lead"].tolist()[1:] == pytest.approx([0.3, 0.05])  # probes - baseline
+    assert table["step_lead"].isna()[0] and table["final_lead"].isna().all()  # no probe final
+    with_ci = metrics_table(report(INTERVALS))
+    assert with_ci["step_auroc_ci"].tolist() == ["0.850 to 0.950", "0.500 to 0.700",
+                                                 "0.800 to 0.900"]
+    assert with_ci["final_auroc_ci"].fillna("").tolist() == ["", "", "0.600 to 0.950"]
+    assert with_ci["step_lead_ci"].fillna("").tolist() == ["", "+0.200 to +0.400",
+                                                           "-0.020 to +0.110"]
+    assert with_ci["final_lead_ci"].isna().all()
+    shown = shown_table(with_ci)  # what the page shows: values with their intervals, as text
+    assert shown.columns.tolist() == ["scores", "step_auroc", "step_lead", "final_auroc",
+                                      "final_lead", "step_auprc", "prefix_auroc", "step_f1"]
+    assert shown.iloc[0, 1:5].tolist() == ["0.900 (0.850 to 0.950)", "", "n/a", ""]
+    assert shown.iloc[2, 1:5].tolist() == ["0.850 (0.800 to 0.900)",
+                                           "+0.050 (-0.020 to +0.110)",
+                                           "0.800 (0.600 to 0.950)", "n/a"]
+    assert shown.iloc[1, 5:].tolist() == ["0.500", "0.550", "n/a"]  # no F1 for a baseline
+    assert shown_table(table).iloc[1, 2] == "+0.300"  # without intervals: the lead alone
 
 
-def test_dynamic_table_explains_each_metric() -> None:
+def test_lead_sentence_says_whether_the_probes_beat_the_words() -> None:
+    text = lead_sentence(report(INTERVALS), "text")
+    assert text == ("Probes' lead over the text-only classifier (the words, no hidden state): "
+                    "step AUROC +0.050 (95% interval -0.020 to +0.110). On this file the "
+                    "probes are not shown to differ at the step level.")
+    assert lead_sentence(report(INTERVALS), "mean_nll") is not None and \
+        "ahead at the step level" in str(lead_sentence(report(INTERVALS), "mean_nll"))
+    assert lead_sentence(report(), "text") == ("Probes' lead over the text-only classifier "
+                                               "(the words, no hidden state): step AUROC "
+                                               "+0.050.")  # no intervals: no verdict
+    assert lead_sentence(report(), "last_token") is None  # not in the report
+    assert missing_key_baselines(report()) == ["last-token probe"]
+
+
+def test_dynamic_table_explains_each_metric_at_both_thresholds() -> None:
     table = dynamic_table(report())
     assert table["metric"].tolist() == list(DYNAMIC_KEYS)  # the paper's eight, in its order
     assert table["value"].tolist()[:2] == [0.2, 1]
+    assert table["at_0_5"].tolist()[:3] == [0.25, 2.0, 0.5]
     assert all(table["meaning"])
-    empty = dynamic_table(replace(report(), dynamic=None))  # no labelled chain: all None
+    empty = dynamic_table(replace(report(), dynamic=None, dynamic_at_0_5=None))
     assert empty["metric"].tolist() == list(DYNAMIC_KEYS) and empty["value"].isna().all()
+    assert empty["at_0_5"].isna().all()
 
 
 @dataclass(frozen=True)
@@ -208,6 +272,11 @@ def test_roc_figure_names_each_scorer_with_its_auroc() -> None:
     assert names == ["chance", "probes (step probe, prefix tracker) (1.000)", "max NLL (0.500)"]
     assert list(fig.data[1].y) == [0, 1, 1] and fig.data[1].line.width > fig.data[2].line.width
     assert fig.data[1].line.color != fig.data[2].line.color  # a baseline never looks like it
+    fig = roc_figure({"text": Curve(np.array([0, 1.0]), np.array([0, 1.0]), 0.5),
+                      "last_token": Curve(np.array([0, 1.0]), np.array([0, 1.0]), 0.5)}, "x")
+    assert [t.name for t in fig.data][1:] == [
+        "text-only classifier (the words, no hidden state) (0.500)", "last-token probe (0.500)"]
+    assert fig.data[1].line.dash == "dash" and fig.data[2].line.dash == "solid"
 
 
 def test_sweep_figure_marks_the_chosen_layer() -> None:

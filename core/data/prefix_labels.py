@@ -92,3 +92,21 @@ def derive_prefix_labels(step_labels: Sequence[int | None], is_correct: bool | N
     after = [_any_broken(step_labels[t:]) for t in range(n)]
     labels = [_as_label(_and(before[t], _or(after[t], wrong))) for t in range(n - 1)]
     return labels + [_as_label(wrong)]
+
+
+def recovered_steps(prefix_labels: Sequence[int | float | None]) -> list[bool]:
+    """Which steps are back on track: prefix label 0 after some earlier step with prefix label
+    1 (the chain went wrong and recovered). These are the recovered steps R_Score averages over
+    (`core.diagnose.metrics.dynamic_metrics`); under the "paper" convention they are the steps
+    after the last broken step of a chain that ends right. An unknown label (None, NaN) is never
+    recovered, and does not start a broken stretch.
+
+    >>> recovered_steps([0, 1, 0, 0])
+    [False, False, True, True]
+    """
+    seen_broken = False
+    out = []
+    for label in prefix_labels:
+        seen_broken = seen_broken or label == 1
+        out.append(seen_broken and label == 0)
+    return out

@@ -23,11 +23,12 @@ SCORER_TITLES: dict[str, str] = {
     "mean_entropy": "mean token entropy",
     "mean_nll": "mean NLL",
     "max_nll": "max NLL",
-    "min_prob": "min token probability",
-    "global_mean_probe": "global-mean probe (SAPLMA-like)",
+    "min_prob": "1 - min token probability",
+    "global_mean_probe": "global-mean-pooled probe",
     "last_token": "last-token probe",
-    "text": "text-only classifier (no hidden state)",
+    "text": "text-only classifier (the words, no hidden state)",
 }
+KEY_BASELINES = ("text", "last_token")  # the two every probe file should carry
 SCORER_COLOURS: dict[str, str] = {
     "probe": "#C0392B",
     "mean_entropy": "#4C78A8",
@@ -36,17 +37,21 @@ SCORER_COLOURS: dict[str, str] = {
     "min_prob": "#B279A2",
     "global_mean_probe": "#F58518",
     "last_token": "#9D755D",
-    "text": "#BAB0AC",
+    "text": "#222222",
 }
+SCORER_DASH: dict[str, str] = {"text": "dash"}  # the scorer that never reads a hidden state
 METRIC_COLUMNS = ("scores", *RANKING_KEYS, "step_f1")
-METRIC_TITLES: dict[str, str] = {
-    "step_auroc": "step AUROC", "step_auprc": "step AUPRC",
-    "prefix_auroc": "prefix AUROC (every step)", "final_auroc": "final AUROC (whole chain)",
-    "step_f1": "step F1 (at the step threshold)",
+LEAD_COLUMNS = ("step_lead", "final_lead")  # the probes' AUROC minus this scorer's
+INTERVAL_COLUMNS = ("step_auroc_ci", "final_auroc_ci", "step_lead_ci", "final_lead_ci")
+# The page's table (`shown_table`): each AUROC with its interval, then the probes' lead over the
+# row's scorer with its interval, as text; the other metrics after them.
+SHOWN_TITLES: dict[str, str] = {
+    "scores": "scores", "step_auroc": "step AUROC (95% interval)",
+    "step_lead": "probes' lead, step AUROC", "final_auroc": "final AUROC (95% interval)",
+    "final_lead": "probes' lead, final AUROC", "step_auprc": "step AUPRC",
+    "prefix_auroc": "prefix AUROC", "step_f1": "step F1 (at the step threshold)",
 }
-INTERVAL_TITLES: dict[str, str] = {
-    "step_auroc_ci": "step AUROC 95% interval", "final_auroc_ci": "final AUROC 95% interval",
-}
+NOT_SUPPORTED = "n/a"
 DYNAMIC_MEANING: dict[str, str] = {
     "Snap_M": "rise of the prefix score at the first hallucinated step",
     "Lag": "steps from the first hallucinated step to the first alarm",
@@ -54,44 +59,125 @@ DYNAMIC_MEANING: dict[str, str] = {
     "Brake_S": "drop of the prefix score where the text recovers",
     "Ling_T": "flagged steps lingering after the text recovers",
     "Heal_3": "share of recoveries whose alarm drops within 3 steps",
-    "R_Score": "1 - mean prefix score after onset (recovered chains)",
+    "R_Score": "1 - mean prefix score over the steps back on track",
     "FP_Len": "mean run length of false alarms",
 }
 
 
+def _lead(mine: float | None, theirs: float | None) -> float | None:
+    return None if mine is None or theirs is None else mine - theirs
+
+
+def _span(pair: Any, signed: bool = False) -> str | None:
+    if pair is None:
+        return None
+    form = "{:+.3f}" if signed else "{:.3f}"
+    return f"{form.format(pair[0])} to {form.format(pair[1])}"
+
+
 def metrics_table(report: EvaluationReport) -> pd.DataFrame:
     """One row per scorer of an `EvaluationReport`: the probes first, then each baseline;
-    columns scores, step_auroc, step_auprc, prefix_auroc, final_auroc, step_f1 (None where the
-    data cannot support a value, or where a baseline has no calibrated threshold), and, when the
-    report has bootstrap intervals, step_auroc_ci and final_auroc_ci as "low-high" text."""
-    rows: list[dict[str, Any]] = [{"scores": SCORER_TITLES["probe"], **report.probes.as_dict(),
-                                   "step_f1": report.step_f1}]
+    columns scores, step_auroc, step_auprc, prefix_auroc, final_auroc, step_f1, and the probes'
+    lead over the row's scorer (step_lead, final_lead: probes' AUROC minus its; None on the
+    probes' row). A value the data cannot support is None, as is step_f1 of a baseline (no
+    calibrated threshold). When the report has bootstrap intervals: step_auroc_ci,
+    final_auroc_ci, step_lead_ci and final_lead_ci as "low to high" text (the leads paired: the
+    probes and the baseline on the same resample of problems)."""
+    probes = report.probes
+    rows: list[dict[str, Any]] = [{"scores": SCORER_TITLES["probe"], **probes.as_dict(),
+                                   "step_f1": report.step_f1, "step_lead": None,
+                                   "final_lead": None}]
     names = list(report.baselines)
     for name in names:
-        rows.append({"scores": SCORER_TITLES.get(name, name),
-                     **report.baselines[name].as_dict(), "step_f1": None})
+        theirs = report.baselines[name]
+        rows.append({"scores": SCORER_TITLES.get(name, name), **theirs.as_dict(),
+                     "step_f1": None,
+                     "step_lead": _lead(probes.step_auroc, theirs.step_auroc),
+                     "final_lead": _lead(probes.final_auroc, theirs.final_auroc)})
+    columns = [*METRIC_COLUMNS, *LEAD_COLUMNS]
     intervals = report.intervals
     if not intervals:
-        return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+        return pd.DataFrame(rows, columns=columns)
     sources = [intervals["probe"], *(intervals["baselines"].get(n, {}) for n in names)]
-    for row, source in zip(rows, sources, strict=True):
-        for key in INTERVAL_TITLES:
-            pair = source.get(key.removesuffix("_ci"))
-            row[key] = None if pair is None else f"{pair[0]:.3f}-{pair[1]:.3f}"
-    return pd.DataFrame(rows, columns=[*METRIC_COLUMNS, *INTERVAL_TITLES])
+    leads = [{}, *(intervals.get("lead", {}).get(n, {}) for n in names)]
+    for row, source, lead in zip(rows, sources, leads, strict=True):
+        for metric in ("step_auroc", "final_auroc"):
+            row[f"{metric}_ci"] = _span(source.get(metric))
+            row[f"{metric.split('_')[0]}_lead_ci"] = _span(lead.get(metric), signed=True)
+    return pd.DataFrame(rows, columns=[*columns, *INTERVAL_COLUMNS])
+
+
+def _cell(value: Any, interval: Any = None, signed: bool = False) -> str:
+    if value is None or pd.isna(value):
+        return NOT_SUPPORTED
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return text if interval is None or pd.isna(interval) else f"{text} ({interval})"
+
+
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A `metrics_table` as the page shows it (the `SHOWN_TITLES` columns, all text): each AUROC
+    with its interval, "0.869 (0.850 to 0.893)", and the probes' lead over the row's scorer
+    with its paired interval, "+0.050 (-0.020 to +0.110)" (empty on the probes' own row); a
+    value the data cannot support is "n/a"."""
+    rows = []
+    for _, row in table.iterrows():
+        is_probe = row["scores"] == SCORER_TITLES["probe"]
+        out = {"scores": row["scores"]}
+        for level in ("step", "final"):
+            out[f"{level}_auroc"] = _cell(row[f"{level}_auroc"], row.get(f"{level}_auroc_ci"))
+            out[f"{level}_lead"] = "" if is_probe else _cell(
+                row[f"{level}_lead"], row.get(f"{level}_lead_ci"), signed=True)
+        for key in ("step_auprc", "prefix_auroc", "step_f1"):
+            out[key] = _cell(row[key])
+        rows.append(out)
+    return pd.DataFrame(rows, columns=list(SHOWN_TITLES))
+
+
+def lead_sentence(report: EvaluationReport, name: str) -> str | None:
+    """The probes against one baseline in words: their lead in step and final AUROC with its
+    paired interval, and whether the interval clears 0. None when the report lacks it."""
+    theirs = report.baselines.get(name)
+    if theirs is None:
+        return None
+    lead_ci = ((report.intervals or {}).get("lead") or {}).get(name, {})
+    parts, verdicts = [], []
+    for metric, level in (("step_auroc", "step"), ("final_auroc", "final")):
+        lead = _lead(getattr(report.probes, metric), getattr(theirs, metric))
+        if lead is None:
+            continue
+        pair = lead_ci.get(metric)
+        parts.append(f"{level} AUROC {lead:+.3f}" + (
+            "" if pair is None else f" (95% interval {_span(pair, signed=True)})"))
+        if pair is not None:
+            verdicts.append(f"ahead at the {level} level" if pair[0] > 0 else
+                            f"behind at the {level} level" if pair[1] < 0 else
+                            f"not shown to differ at the {level} level")
+    if not parts:
+        return None
+    title = SCORER_TITLES.get(name, name)
+    text = f"Probes' lead over the {title}: {'; '.join(parts)}."
+    return text + (f" On this file the probes are {' and '.join(verdicts)}." if verdicts else "")
+
+
+def missing_key_baselines(report: EvaluationReport) -> list[str]:
+    """The key baselines (text-only classifier, last-token probe) the report lacks: the probe
+    file was trained before they existed, or the chains' texts were not captured."""
+    return [SCORER_TITLES[n] for n in KEY_BASELINES if n not in report.baselines]
 
 
 def dynamic_table(report: EvaluationReport) -> pd.DataFrame:
-    """The eight dynamic metrics of an `EvaluationReport`: metric, value, meaning."""
-    return pd.DataFrame([{"metric": k, "value": v, "meaning": DYNAMIC_MEANING.get(k, "")}
-                         for k, v in report.dynamic_dict().items()],
-                        columns=["metric", "value", "meaning"])
+    """The eight dynamic metrics of an `EvaluationReport`: metric, value (at the calibrated
+    alarm threshold), at_0_5 (at the paper's threshold 0.5), meaning."""
+    calibrated, paper = report.dynamic_dict(), report.dynamic_dict(at_0_5=True)
+    return pd.DataFrame([{"metric": k, "value": v, "at_0_5": paper.get(k),
+                          "meaning": DYNAMIC_MEANING.get(k, "")} for k, v in calibrated.items()],
+                        columns=["metric", "value", "at_0_5", "meaning"])
 
 
 def roc_figure(curves: Mapping[str, Any], title: str) -> go.Figure:
-    """ROC curves (the probes thick and red, each baseline thin in its own colour), the chance
-    diagonal dotted. Takes `core.diagnose.evaluation.RocCurve`-like values (fpr, tpr, auroc)
-    keyed by scorer name."""
+    """ROC curves (the probes thick and red, each baseline thin in its own colour, the text-only
+    classifier dashed), the chance diagonal dotted. Takes `core.diagnose.evaluation.RocCurve`-
+    like values (fpr, tpr, auroc) keyed by scorer name."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
                              line={"dash": "dot", "color": "#999"}, hoverinfo="skip"))
@@ -101,7 +187,8 @@ def roc_figure(curves: Mapping[str, Any], title: str) -> go.Figure:
             x=list(curve.fpr), y=list(curve.tpr), mode="lines",
             name=f"{SCORER_TITLES.get(name, name)} ({curve.auroc:.3f})",
             line={"width": 3.5 if is_probe else 1.6, "shape": "hv",
-                  "color": SCORER_COLOURS.get(name, "#888")},
+                  "color": SCORER_COLOURS.get(name, "#888"),
+                  "dash": SCORER_DASH.get(name, "solid")},
             hovertemplate="FPR %{x:.2f}, TPR %{y:.2f}<extra>" + html.escape(name) + "</extra>"))
     fig.update_layout(
         title=title, xaxis={"title": "false-positive rate", "range": [0, 1]},

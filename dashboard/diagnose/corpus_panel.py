@@ -23,25 +23,45 @@ SCORE_FORMAT = "%.3f"
 
 
 def show_metrics(scored: ScoredFile, report: EvaluationReport) -> pd.DataFrame:
-    """The metrics table (probes beside the baselines, with intervals) and the dynamic metrics;
-    returns the table (for its download)."""
+    """The metrics table (probes beside the baselines, with intervals and the probes' lead over
+    each), the lead over the text-only classifier and the last-token probe in words, and the
+    dynamic metrics; returns the table (for its download)."""
     st.markdown(f"**Metrics** over {report.n_chains} chains and {report.n_steps} steps, alarm "
-                f"threshold {scored.threshold:.3f}; the baselines beside the probes. None: the "
-                "file's labels cannot support the number.")
+                f"threshold {scored.threshold:.3f}; the baselines beside the probes, with the "
+                "probes' lead over each (the text-only classifier and the last-token probe "
+                "highlighted). n/a: the file's labels cannot support the number.")
     table = cd.metrics_table(report)
-    st.dataframe(table, hide_index=True, column_config={
-        "scores": st.column_config.TextColumn("scores", width="medium"),
-        **{key: st.column_config.NumberColumn(title, format=SCORE_FORMAT, width="small")
-           for key, title in cd.METRIC_TITLES.items()},
-        **{key: st.column_config.TextColumn(title, width="medium")
-           for key, title in cd.INTERVAL_TITLES.items()}})
+    key_rows = {cd.SCORER_TITLES[n] for n in cd.KEY_BASELINES}
+    st.dataframe(cd.shown_table(table).style.apply(lambda r: [
+        "background-color: rgba(242, 183, 1, 0.14)" if r["scores"] in key_rows else ""
+        for _ in r], axis=1), hide_index=True, column_config={
+            title: st.column_config.TextColumn(title, width="medium" if key in (
+                "scores", "step_auroc", "step_lead", "final_auroc", "final_lead") else "small")
+            for key, title in cd.SHOWN_TITLES.items()})
     counts = report.final_counts
-    st.caption(f"Intervals: {dstate.BOOTSTRAP_RESAMPLES} bootstrap resamples of whole chains. "
-               f"The final AUROC rests on {counts.positive} chains that went wrong and "
-               f"{counts.negative} sound ones.")
+    n_problems = (report.intervals or {}).get("n_problems")
+    st.caption(f"Intervals: {dstate.BOOTSTRAP_RESAMPLES} bootstrap resamples of problems "
+               + (f"({n_problems}; " if n_problems else "(")
+               + "all chains of a drawn problem together, as they are not independent); a lead "
+               "is paired: the probes and the baseline on the same resample. The final AUROC "
+               f"rests on {counts.positive} chains that went wrong and {counts.negative} sound "
+               "ones.")
+    for name in cd.KEY_BASELINES:
+        sentence = cd.lead_sentence(report, name)
+        if sentence:
+            st.markdown(sentence)
+    missing = cd.missing_key_baselines(report)
+    if missing:
+        st.caption(f"No {' and no '.join(missing)} in this comparison: the probe file was "
+                   "trained before they were part of it; retrain it (`telltale train`) to "
+                   "see whether the probes know more than the words.")
     with st.expander("Dynamic metrics (how the prefix alarm moves along a chain)"):
         st.dataframe(cd.dynamic_table(report), hide_index=True, column_config={
-            "value": st.column_config.NumberColumn("value", format=SCORE_FORMAT),
+            "value": st.column_config.NumberColumn(f"at the alarm threshold "
+                                                   f"{scored.threshold:.2f}",
+                                                   format=SCORE_FORMAT),
+            "at_0_5": st.column_config.NumberColumn("at 0.5 (the paper's)",
+                                                    format=SCORE_FORMAT),
             "meaning": st.column_config.TextColumn("meaning", width="large")})
     return table
 
@@ -126,7 +146,7 @@ def show_corpus(scored: ScoredFile, stem: str) -> None:
     st.subheader("Corpus")
     k = int(st.session_state.get(RECOVERY_K_KEY) or 5)
     report = dstate.file_report(scored.key, k, scored.chains, scored.threshold,
-                                scored.step_threshold)
+                                scored.step_threshold, list(scored.traces.values()))
     table = show_metrics(scored, report)
     show_curves(scored, stem)
     show_recoveries(report, k, stem)

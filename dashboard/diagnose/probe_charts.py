@@ -19,8 +19,15 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.data.prefix_labels import recovered_steps
 from dashboard.common.charts import hover_text
-from dashboard.diagnose.trace_charts import HALLUCINATED, LABEL_STYLE, label_name
+from dashboard.diagnose.trace_charts import (
+    BACK_ON_TRACK,
+    HALLUCINATED,
+    LABEL_STYLE,
+    RECOVERED_COLOUR,
+    label_name,
+)
 
 STEP_COLUMNS = ("trace_id", "step", "text", "step_score", "prefix_score", "alarm", "label",
                 "prefix_label", "phase")
@@ -41,6 +48,7 @@ STEP_COLOUR = "#4C78A8"
 PREFIX_COLOUR = "#1F2A44"
 FOCUS_COLOUR = "#F2B701"
 
+
 def known_label(value: Any) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -58,10 +66,13 @@ def _chain(steps: pd.DataFrame, trace_id: str) -> pd.DataFrame:
 
 
 def probe_chain_figure(steps: pd.DataFrame, trace_id: str, threshold: float,
-                       step_threshold: float, focus_step: int | None = None) -> go.Figure:
+                       step_threshold: float, focus_step: int | None = None,
+                       outcome: str | None = None) -> go.Figure:
     """One chain as the probes see it: step scores as bars (the spikes), the prefix score as a
     line, the alarm threshold dashed (and the step threshold dotted), true step labels as
-    markers above the plot, and every step's phase shaded behind it.
+    markers above the plot (steps back on track, `core.data.prefix_labels.recovered_steps`,
+    as green diamonds instead of the open circle of a sound step), and every step's phase
+    shaded behind it. `outcome` (the chain's answer in words) goes under the title.
 
     Bars and line points carry customdata [trace_id, step, text] (so a click names the step)
     and hover the step text; `focus_step` (the inspected step) is outlined.
@@ -108,23 +119,32 @@ def probe_chain_figure(steps: pd.DataFrame, trace_id: str, threshold: float,
         fig.add_shape(type="rect", x0=focus_step - 0.34, x1=focus_step + 0.34, y0=0,
                       y1=max(float(height), 0.02), line={"color": FOCUS_COLOUR, "width": 3},
                       name="focus")
-    labels = [label_name(v) for v in chain["label"]]
-    for name, symbol in ((HALLUCINATED, "x"), ("correct", "circle-open")):
+    back = recovered_steps([known_label(v) for v in chain["prefix_label"]])
+    labels = [BACK_ON_TRACK if b and label_name(v) != HALLUCINATED else label_name(v)
+              for v, b in zip(chain["label"], back, strict=True)]
+    for name, symbol, colour in ((HALLUCINATED, "x", LABEL_STYLE[HALLUCINATED][1]),
+                                 ("correct", "circle-open", LABEL_STYLE["correct"][1]),
+                                 (BACK_ON_TRACK, "diamond", RECOVERED_COLOUR)):
         marked = [s for s, lab in zip(x, labels, strict=True) if lab == name]
         if marked:
             fig.add_trace(go.Scatter(
                 x=marked, y=[1.08] * len(marked), mode="markers",
-                name=f"labelled {name}", hoverinfo="skip",
-                marker={"symbol": symbol, "size": 11, "color": LABEL_STYLE[name][1],
-                        "line": {"width": 2, "color": LABEL_STYLE[name][1]}}))
+                name=BACK_ON_TRACK if name == BACK_ON_TRACK else f"labelled {name}",
+                hoverinfo="skip", legendgroup="labels",
+                legendgrouptitle={"text": "true labels (top row)"},
+                marker={"symbol": symbol, "size": 11, "color": colour,
+                        "line": {"width": 2, "color": colour}}))
+    title = f"Chain {trace_id}: step probe and prefix tracker"
+    if outcome:
+        title += f"<br><sup>{html.escape(outcome)}</sup>"
     fig.update_layout(
-        title=f"Chain {trace_id}: step probe and prefix tracker",
+        title=title,
         xaxis={"title": "step", "tickmode": "linear", "dtick": 1,
                "range": [min(x) - 0.5, max(x) + 0.5]},
         yaxis={"title": "score (probability of hallucination)", "range": [0, 1.14]},
         hovermode="closest", clickmode="event+select", barmode="overlay",
         legend={"orientation": "v", "x": 1.01, "y": 1.0},
-        margin={"t": 60, "l": 60, "r": 20, "b": 50}, height=430,
+        margin={"t": 80 if outcome else 60, "l": 60, "r": 20, "b": 50}, height=430,
     )
     return fig
 

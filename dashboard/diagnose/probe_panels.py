@@ -15,10 +15,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.data.prefix_labels import recovered_steps
 from dashboard.common.widgets import figure_download
 from dashboard.diagnose import probe_charts as cd
 from dashboard.diagnose import probe_state as dstate
 from dashboard.diagnose.probe_picker import ScoredFile
+from dashboard.diagnose.trace_charts import outcome_text
 
 FOCUS_KEY = "probe_focus"  # session state: [trace_id, step] of the inspected step
 SEEN_KEY = "probe_focus_seen"  # session state: the selections seen on the last run
@@ -93,10 +95,16 @@ def headline(scored: ScoredFile, flagged: pd.DataFrame) -> None:
     cols[3].metric("chains with an alarm", int(alarmed.sum()),
                    help="prefix score above the alarm threshold at some step")
     report = dstate.file_report(scored.key, 5, scored.chains, scored.threshold,
-                                scored.step_threshold)
+                                scored.step_threshold, list(scored.traces.values()))
     value = report.probes.step_auroc
+    text = report.baselines.get("text")
+    lead = None if value is None or text is None or text.step_auroc is None \
+        else value - text.step_auroc
     cols[4].metric("step AUROC", "n/a" if value is None else f"{value:.3f}",
-                   help="on this file's step labels; n/a without them")
+                   delta=None if lead is None else f"{lead:+.3f} over text-only",
+                   help="on this file's step labels; n/a without them. The change: the probes' "
+                        "lead over the text-only classifier (the words, no hidden state); its "
+                        "interval is under Corpus")
 
 
 def show_flagged(scored: ScoredFile, flagged: pd.DataFrame) -> None:
@@ -132,7 +140,8 @@ def show_chain_scores(scored: ScoredFile, trace_id: str, stem: str) -> None:
         focus = [trace_id, int(ranked["step"].iloc[0])]  # the chain's most suspicious step
     step = int(focus[1])
     fig = cd.probe_chain_figure(scored.steps, trace_id, scored.threshold,
-                                scored.step_threshold, focus_step=step)
+                                scored.step_threshold, focus_step=step,
+                                outcome=outcome_text(scored.traces[trace_id]))
     st.plotly_chart(fig, key=chart_key(scored, trace_id), on_select="rerun",
                     selection_mode="points")
     figure_download("Download this chart (HTML)", fig, f"{stem}-{trace_id}-probe.html",
@@ -162,8 +171,12 @@ def inspect_step(scored: ScoredFile, trace_id: str, step: int) -> None:
                         f"{'on' if rec['alarm'] else 'off'} here")
     cols[2].metric("step label", _label_text(rec["label"]),
                    help="1: this step is hallucinated (from the trace file)")
-    cols[3].metric("prefix label", _label_text(rec["prefix_label"]),
-                   help="1: the chain up to here is in a hallucinated state")
+    chain = scored.steps.loc[scored.steps["trace_id"] == trace_id].sort_values("step")
+    back = dict(zip(chain["step"], recovered_steps(
+        [cd.known_label(v) for v in chain["prefix_label"]]), strict=True)).get(step, False)
+    cols[3].metric("prefix label", "0 · back on track" if back else _label_text(
+        rec["prefix_label"]), help="1: the chain up to here is in a hallucinated state; back "
+                                   "on track: 0 again after a broken stretch")
     shown = [s for s in range(step - 2, step + 3) if s in set(
         scored.steps.loc[scored.steps["trace_id"] == trace_id, "step"])]
     if scored.bundle.step is not None:

@@ -30,6 +30,7 @@ from core.diagnose.evaluation import (
     RocCurve,
     ScoredChain,
     TokenScore,
+    answer_accuracy,
     evaluation_report,
     roc_curves,
     score_capture,
@@ -219,10 +220,17 @@ def step_table(score_key: str, _chains: Sequence[ScoredChain], _traces: Sequence
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def file_report(score_key: str, k: int, _chains: Sequence[ScoredChain], threshold: float,
-                step_threshold: float | None) -> EvaluationReport:
-    """`core.diagnose.evaluation.evaluation_report` of a scored file, with bootstrap intervals."""
+                step_threshold: float | None,
+                _traces: Sequence[Trace]) -> EvaluationReport:
+    """`core.diagnose.evaluation.evaluation_report` of a scored file, with bootstrap intervals
+    and (from `_traces`, the whole file, as `telltale evaluate` does) the answer accuracy with
+    its chance rate; `score_key` names the file, so `_chains` and `_traces` are not hashed."""
+    try:
+        answers = answer_accuracy(_traces)
+    except ValueError:  # a problem whose chains carry two golds: no accuracy (the summary says)
+        answers = None
     return evaluation_report(_chains, threshold, step_threshold, k=k,
-                             n_resamples=BOOTSTRAP_RESAMPLES)
+                             n_resamples=BOOTSTRAP_RESAMPLES, answers=answers)
 
 
 def report_json(report: EvaluationReport) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.data.answers import AccuracyWithChance
+from core.data.prefix_labels import recovered_steps
 from dashboard.common.charts import hover_text
 
 # The per-step baseline signals of `core.diagnose.signals.SIGNAL_NAMES`, with the axis title
@@ -37,9 +39,11 @@ LABEL_STYLE: dict[str, tuple[str, str]] = {
     UNLABELLED: ("#BAB0AC", "#BAB0AC"),
 }
 BAR_WIDTH = 0.7  # in steps
+BACK_ON_TRACK = "back on track"  # a recovered step: prefix label 0 again after a broken stretch
+RECOVERED_COLOUR = "#2E8B57"
 
 CHAIN_COLUMNS = ("id", "problem_id", "steps", "labelled_steps", "hallucinated_steps",
-                 "hallucinated_rate", "is_correct")
+                 "hallucinated_rate", "answered", "is_correct")
 
 
 def label_name(label: Any) -> str:
@@ -51,11 +55,12 @@ def label_name(label: Any) -> str:
 
 def chain_table(traces: Sequence[Any]) -> pd.DataFrame:
     """One row per chain: id, problem_id, steps, labelled_steps, hallucinated_steps,
-    hallucinated_rate, is_correct.
+    hallucinated_rate, answered, is_correct.
 
     hallucinated_rate = (steps labelled 1) / (steps with a label 0 or 1); None when no step of
-    the chain is labelled. Takes `core.data.traces.Trace` records (anything with id, problem_id,
-    steps[i].label and is_correct).
+    the chain is labelled. answered: did the reply state an answer (None: not recorded). Takes
+    `core.data.traces.Trace` records (anything with id, problem_id, steps[i].label, answered
+    and is_correct).
     """
     rows = []
     for trace in traces:
@@ -67,17 +72,38 @@ def chain_table(traces: Sequence[Any]) -> pd.DataFrame:
             "labelled_steps": len(labels),
             "hallucinated_steps": sum(labels),
             "hallucinated_rate": sum(labels) / len(labels) if labels else None,
+            "answered": getattr(trace, "answered", None),
             "is_correct": trace.is_correct,
         })
     return pd.DataFrame(rows, columns=list(CHAIN_COLUMNS))
 
 
 def steps_table(trace: Any) -> pd.DataFrame:
-    """One row per step of one chain: step index, label name, prefix label and text."""
+    """One row per step of one chain: step index, label name, prefix label, back_on_track (a
+    recovered step: `core.data.prefix_labels.recovered_steps`) and text."""
+    back = recovered_steps([s.prefix_label for s in trace.steps])
     return pd.DataFrame(
         [{"step": i, "label": label_name(s.label), "prefix_label": s.prefix_label,
-          "text": s.text} for i, s in enumerate(trace.steps)],
-        columns=["step", "label", "prefix_label", "text"])
+          "back_on_track": b, "text": s.text}
+         for i, (s, b) in enumerate(zip(trace.steps, back, strict=True))],
+        columns=["step", "label", "prefix_label", "back_on_track", "text"])
+
+
+def outcome_text(trace: Any) -> str:
+    """The chain's answer in words: whether the reply stated one, which, the gold, right or
+    wrong. "stated answer 14 · gold 14 · right"; "no answer stated · gold 14 · counts as
+    wrong"."""
+    answered, answer, gold = getattr(trace, "answered", None), trace.answer, trace.gold
+    verdict = {True: "right", False: "wrong", None: "right or wrong unknown"}[trace.is_correct]
+    if answered is False:
+        head, verdict = "no answer stated", "counts as wrong"
+    elif answer is None:
+        head = "no answer recorded"
+    elif answered is None:
+        head = f"answer {answer} (whether the reply stated it is not recorded)"
+    else:
+        head = f"stated answer {answer}"
+    return f"{head} · gold {'-' if gold is None else gold} · {verdict}"
 
 
 def _check_signal(df: pd.DataFrame, signal: str) -> None:
@@ -189,3 +215,25 @@ def labelled_scores(df: pd.DataFrame, signal: str) -> tuple[list[int], list[floa
     known = df[df["label"].map(label_name) != UNLABELLED]
     sign = -1.0 if signal in LOW_IS_SUSPICIOUS else 1.0
     return ([int(v) for v in known["label"]], [sign * float(v) for v in known[signal]])
+
+
+def chance_text(found: AccuracyWithChance) -> str:
+    """The chance rate as "3.1% ± 0.9%" (mean ± standard deviation over the shuffles)."""
+    return f"{found.chance_mean:.1%} ± {found.chance_sd:.1%}"
+
+
+def answers_sentence(found: AccuracyWithChance) -> str:
+    """The file's answers in words: how many chains state an answer, how many the right one,
+    and the chance rate beside it (the same answers scored against golds shuffled across
+    problems), with whether the accuracy stands clear of it (more than two spreads above)."""
+    if not found.n:
+        return "No chain has a gold answer, so neither accuracy nor its chance rate is known."
+    clear = found.accuracy > found.chance_mean + 2 * found.chance_sd
+    verdict = ("clear of chance (more than two spreads above it)" if clear else
+               "within two spreads of chance: not shown to be better than luck")
+    return (f"Of the {found.n} chains with a gold answer ({found.n_problems} problems), "
+            f"{found.n_answered} state an answer ({found.answered_share:.1%}) and "
+            f"{found.n_correct} state the right one ({found.accuracy:.1%}); a chain that states "
+            f"none counts as wrong. Chance: the same answers scored against golds shuffled "
+            f"across problems give {chance_text(found)} (mean ± spread over {found.n_shuffles} "
+            f"shuffles), so the accuracy is {verdict}.")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.data.answers import AccuracyWithChance, trace_accuracy
 from core.data.importers import import_traces
 from core.data.steps import Segmenter
 from core.data.traces import Trace, TraceLoad
@@ -47,6 +48,16 @@ def read_trace_file(data: bytes, name: str, mode: str = "lines", pattern: str | 
     which from the first record). Bad records never raise (problems are in `.issues`); raises
     ValueError for a file whose shape fits no format, or a bad step-splitting mode or pattern."""
     return import_traces(data, format, name=name, segmenter=Segmenter(mode, pattern))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def file_answers(file_hash: str, reading: tuple[str, str, str | None],
+                 _traces: Sequence[Trace]) -> AccuracyWithChance:
+    """The file's answer accuracy with the answered share and the shuffled-gold chance rate
+    (`core.data.answers.trace_accuracy`, as `telltale evaluate` reports it), cached on the
+    file's content hash and reading options (which name `_traces`). Raises ValueError when a
+    problem's chains carry two golds."""
+    return trace_accuracy(_traces)
 
 
 @dataclass(frozen=True)
@@ -115,4 +126,4 @@ def signal_table_columns() -> pd.DataFrame:
 
 
 __all__ = ["SIGNALS_REQUEST_KEY", "SignalsRequest", "chain_signals", "compute_signals",
-           "read_trace_file", "sample_files", "signal_table_columns"]
+           "file_answers", "read_trace_file", "sample_files", "signal_table_columns"]

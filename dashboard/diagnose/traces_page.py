@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.data.answers import AccuracyWithChance
 from core.data.importers import FORMATS
 from core.data.steps import SEGMENT_MODES
 from core.data.traces import Trace
@@ -72,18 +73,45 @@ def choose_reading() -> tuple[str, str, str | None]:
     return str(fmt), str(mode), pattern
 
 
-def show_summary(table: pd.DataFrame) -> None:
+def answers_of(file_hash: str, reading: tuple[str, str, str | None],
+               traces: list[Trace]) -> AccuracyWithChance | str:
+    """The file's accuracy with its chance rate, or why there is none."""
+    try:
+        return tstate.file_answers(file_hash, reading, traces)
+    except ValueError as error:  # a problem whose chains carry two golds
+        return f"No accuracy: {error}"
+
+
+def show_summary(table: pd.DataFrame, answers: AccuracyWithChance | str | None) -> None:
+    """Counts of chains and steps, and the answers: the answered share and the accuracy with
+    its shuffled-gold chance rate beside it (`answers`; a str says why it is missing)."""
     counts = charts.summary_counts(table)
-    cols = st.columns(5)
+    cols = st.columns(4)
     cols[0].metric("chains", counts["chains"])
     cols[1].metric("steps", counts["steps"])
     cols[2].metric("labelled steps", counts["labelled_steps"])
     rate = counts["hallucinated_rate"]
     cols[3].metric("hallucinated-step rate", "n/a" if rate is None else f"{rate:.1%}",
                    help="steps labelled 1 / steps with a label")
+    cols = st.columns(4)
+    if isinstance(answers, AccuracyWithChance) and answers.n:
+        cols[0].metric("answer stated", f"{answers.answered_share:.1%}",
+                       help="share of chains whose reply states an answer (Answer: N, #### N, "
+                            "\\boxed{N}, The answer is N); one without counts as wrong")
+        cols[1].metric("final answer right", f"{answers.accuracy:.1%}",
+                       help="right answers / chains with a gold answer")
+        cols[2].metric("chance", charts.chance_text(answers),
+                       help="the same answers scored against golds shuffled across problems "
+                            f"(mean ± spread over {answers.n_shuffles} shuffles)")
+        st.caption(charts.answers_sentence(answers))
+        return
     correct = counts["correct_rate"]
-    cols[4].metric("final answer correct", "n/a" if correct is None else f"{correct:.1%}",
+    cols[0].metric("final answer correct", "n/a" if correct is None else f"{correct:.1%}",
                    help="among chains whose is_correct is known")
+    st.caption(answers if isinstance(answers, str) else
+               "No gold answers in this file, so there is no chance rate to read the accuracy "
+               "against (chance: the same answers scored against golds shuffled across "
+               "problems).")
 
 
 def show_chain_table(table: pd.DataFrame, stem: str) -> None:
@@ -95,33 +123,41 @@ def show_chain_table(table: pd.DataFrame, stem: str) -> None:
         "hallucinated_steps": st.column_config.NumberColumn("hallucinated steps"),
         "hallucinated_rate": st.column_config.NumberColumn("hallucinated-step rate",
                                                            format="percent"),
-        "is_correct": st.column_config.CheckboxColumn("answer correct"),
+        "answered": st.column_config.CheckboxColumn("answer stated"),
+        "is_correct": st.column_config.CheckboxColumn("answer right"),
     })
     table_download("Download the chain table (CSV)", table, f"{stem}-chains.csv")
 
 
-def highlight_hallucinated(row: pd.Series) -> list[str]:
-    colour = "background-color: rgba(228, 87, 86, 0.18)" if row["label"] == charts.HALLUCINATED \
-        else ""
+def highlight_steps(row: pd.Series) -> list[str]:
+    """Hallucinated steps red, steps back on track green."""
+    colour = ("background-color: rgba(228, 87, 86, 0.18)" if row["label"] == charts.HALLUCINATED
+              else "background-color: rgba(46, 139, 87, 0.16)" if row["back on track"] else "")
     return [colour] * len(row)
 
 
 def show_chain(trace: Trace) -> None:
-    """The prompt, the outcome and the labelled steps of one chain."""
+    """The prompt, the answer (stated or not, gold, right or wrong) and the labelled steps of
+    one chain, with the steps back on track marked."""
     left, right = st.columns([2, 3])
     with left:
         st.markdown("**Prompt**")
         with st.container(border=True):
             st.text(trace.prompt or "(empty prompt)")
-        outcome = {True: "correct", False: "wrong", None: "unknown"}[trace.is_correct]
-        st.caption(f"answer: {trace.answer or '-'} · gold: {trace.gold or '-'} · "
-                   f"final answer {outcome} · source: {trace.source or '-'}")
+        st.caption(f"{charts.outcome_text(trace)} · source: {trace.source or '-'}")
     with right:
-        st.markdown(f"**Steps** ({trace.n_steps}; hallucinated steps highlighted)")
-        steps = charts.steps_table(trace).rename(columns={"prefix_label": "prefix"})
+        steps = charts.steps_table(trace).rename(columns={"prefix_label": "prefix",
+                                                          "back_on_track": "back on track"})
+        back = int(steps["back on track"].sum())
+        st.markdown(f"**Steps** ({trace.n_steps}; hallucinated steps red"
+                    + (f", {back} step(s) back on track green" if back else "") + ")")
         # a static table, so long steps wrap instead of being cut off
-        st.table(steps.style.apply(highlight_hallucinated, axis=1).format(na_rep="-"),
-                 hide_index=True, border="horizontal")
+        styled = steps.style.apply(highlight_steps, axis=1).format(na_rep="-").format(
+            lambda b: "yes" if b else "", subset=["back on track"])
+        st.table(styled, hide_index=True, border="horizontal")
+        if back:
+            st.caption("Back on track: the prefix label is 0 again after a broken stretch (the "
+                       "chain recovered from its broken steps).")
 
 
 def ask_for_signals(file_hash: str, segmenter: tuple[str, str | None], ids: list[str],
@@ -212,9 +248,9 @@ def render() -> None:
         return
     stem = Path(name).stem
     table = charts.chain_table(load.traces)
-    show_summary(table)
-    show_chain_table(table, stem)
     file_hash = state.content_hash(data)
+    show_summary(table, answers_of(file_hash, (fmt, mode, pattern), load.traces))
+    show_chain_table(table, stem)
     ids = [trace.id for trace in load.traces]
     by_id = {trace.id: trace for trace in load.traces}
 
