@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install run test lint unit browser-deps sample-traces default-probe bench clean
+.PHONY: install run test lint unit browser-deps sample-traces probes bench clean
 
 install: $(STAMP)
 
@@ -54,20 +54,30 @@ test: install browser-deps lint
 	$(VENV)/bin/pytest -q
 
 sample-traces: install
-	$(VENV)/bin/telltale make-traces --out sample_traces/arith_small.jsonl --problems 40 \
-	  --samples 2 --seed 0
-	$(VENV)/bin/telltale make-traces --out sample_traces/arith.jsonl --problems 500 --samples 3 \
-	  --seed 1 --max-new-tokens 96 --batch-size 30 --min-ops 2 --max-ops 4 --max-number 9 \
-	  --test-share 0.2
-	$(VENV)/bin/telltale make-finetune-data --out-dir sample_traces
+	$(VENV)/bin/telltale make-traces --model default --out sample_traces/arith_small.jsonl \
+	  --problems arith --n-problems 40 --n 2 --seed 0 --max-new-tokens 200 --batch-size 16 \
+	  --test-share 0
+	$(VENV)/bin/telltale make-traces --model default --out sample_traces/arith.jsonl \
+	  --problems arith --n-problems 500 --n 3 --seed 1 --max-new-tokens 96 --batch-size 30 \
+	  --min-ops 2 --max-ops 4 --max-number 9 --test-share 0.2
+	$(VENV)/bin/telltale make-read-chains --out sample_traces/arith_read.jsonl --problems 500 \
+	  --seed 2 --test-share 0.2 --min-ops 2 --max-ops 4 --max-number 20
+	$(VENV)/bin/telltale make-problems --out sample_traces/arith_problems.jsonl --n 200 --seed 3 \
+	  --min-ops 2 --max-ops 4 --max-number 9
+	$(VENV)/bin/telltale make-finetune-data --model default --out-dir sample_traces --target 48 \
+	  --notation 64 --seed 0 --max-new-tokens 40
 
-# the shipped probe: trained on the train split (layer chosen on validation chains), then
-# measured once on the test split
-default-probe: install
+# the shipped probe pairs: each trained on its train split (layer and thresholds chosen on
+# validation chains split off it by problem), then measured once on its test split
+probes: install
 	$(VENV)/bin/telltale train --model default --traces sample_traces/arith_train.jsonl \
 	  --out sample_traces/probes/default --sweep
 	$(VENV)/bin/telltale evaluate --model default --probe sample_traces/probes/default \
 	  --traces sample_traces/arith_test.jsonl
+	$(VENV)/bin/telltale train --model default --traces sample_traces/arith_read_train.jsonl \
+	  --out sample_traces/probes/reader --sweep
+	$(VENV)/bin/telltale evaluate --model default --probe sample_traces/probes/reader \
+	  --traces sample_traces/arith_read_test.jsonl
 
 bench: install
 	$(PY) bench/capture_overhead.py

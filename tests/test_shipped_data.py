@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from core.data.answers import AnswerFormat, answers_match, read_answer
@@ -14,7 +16,8 @@ from core.data.label_audit import read_audit, score_audit
 from core.data.read_chains import make_read_chains
 from core.data.traces import read_traces
 from core.diagnose.feature_store import traces_hash
-from core.diagnose.probes import load_probe, probe_paths
+from core.diagnose.probe_training import MIN_FINAL_CLASS, TrainConfig, split_by_problem
+from core.diagnose.probes import ProbeBundle, load_probe
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
 TRAIN, TEST = SAMPLES / "arith_train.jsonl", SAMPLES / "arith_test.jsonl"
@@ -66,14 +69,53 @@ def test_hand_checks_are_complete_and_from_the_training_file() -> None:
     assert len(old) == 100 and score_audit(old).field("label").n_agree == 96
 
 
+def check_probe_pair(name: str, train_file: Path) -> ProbeBundle:
+    """A shipped probe pair: trained on exactly `train_file` (its hash), with every part and
+    baseline, its layer and thresholds chosen on validation chains split off that file by
+    problem (never the test file), and how each fit ended recorded."""
+    bundle = load_probe(SAMPLES / "probes" / name)
+    meta = bundle.meta
+    traces = read_traces(train_file).traces
+    assert meta.model == "default" and meta.hidden_size == 576
+    assert meta.data_hash == traces_hash(traces)
+    assert bundle.step is not None and bundle.text is not None
+    assert None not in (bundle.baseline_step, bundle.baseline_prefix, bundle.last_token_step,
+                        bundle.last_token_prefix)
+    # validation: chains of the training file, held out by problem
+    metrics = meta.metrics
+    index = pd.DataFrame({"trace_id": [t.id for t in traces],
+                          "problem_id": [t.problem_id for t in traces]})
+    train_ids, val_ids = split_by_problem(index, TrainConfig().val_share,
+                                          int(meta.tracker["seed"]))
+    assert (metrics["n_train_chains"], metrics["n_val_chains"]) == (len(train_ids), len(val_ids))
+    validation = metrics["validation"]
+    assert validation["n_chains"] == len(val_ids)
+    assert validation["threshold"] == meta.threshold and 0 < meta.threshold < 1
+    assert 0 < meta.step_threshold < 1 and validation["step_auroc"] is not None
+    assert {"text", "last_token", "global_mean_probe"} <= set(validation["baselines"])
+    # the layer: the best of the sweep by the validation ranking probe_training uses
+    sweep = metrics["sweep"]
+    assert len(sweep) > 1
+    counts = validation["final_counts"]
+    enough = min(counts["positive"], counts["negative"]) >= MIN_FINAL_CLASS
+    ranked = [float(np.mean([row["step_auroc"],
+                             row["final_auroc"] if enough else row["prefix_auroc"]]))
+              for row in sweep]
+    best = sweep[int(np.argmax(ranked))]
+    assert best["layer"] == meta.layer and best["threshold"] == meta.threshold
+    # how every LBFGS fit ended, and the text classifiers' fits
+    assert set(meta.fits) == {"step", "tracker_start", "baseline_step", "baseline_prefix",
+                              "last_token_step", "last_token_prefix"}
+    for fit in meta.fits.values():
+        assert isinstance(fit["converged"], bool) and 0 < fit["n_iter"] <= 100
+    for level in (bundle.text.step, bundle.text.prefix):
+        assert level is not None and isinstance(level.converged, bool) and level.n_iter > 0
+    return bundle
+
+
 @own_chains
-def test_shipped_probe_was_trained_on_the_shipped_training_file() -> None:
-    bundle = load_probe(SAMPLES / "probes" / "default")
-    assert bundle.meta.model == "default" and bundle.meta.hidden_size == 576
-    assert bundle.step is not None and bundle.tracker is not None
-    assert bundle.meta.data_hash == traces_hash(read_traces(TRAIN).traces)
-    validation = bundle.meta.metrics["validation"]
-    assert 0 < bundle.meta.threshold < 1 and validation["step_auroc"] is not None
+def test_default_probe_was_trained_on_the_own_training_file() -> None:
+    check_probe_pair("default", TRAIN)
 
 
 @read_chains
@@ -86,7 +128,7 @@ def test_read_chains_are_split_by_problem_and_hold_50_right_answered_chains() ->
         assert answer is not None and trace.answered is True and trace.answer == answer.text
         assert trace.is_correct == answers_match(answer.text, trace.gold)
         assert [s.prefix_label for s in trace.steps][-1] == int(not trace.is_correct)
-    assert sum(bool(t.is_correct) for t in test.traces) >= 50
+    assert sum(bool(t.answered and t.is_correct) for t in test.traces) >= 50
     kinds = {t.extra["construction"]["kind"] for t in test.traces}
     assert kinds == {"clean", "corrected", "carried"}  # recoveries exist in the test file
 
@@ -106,14 +148,5 @@ def test_read_chains_are_what_their_command_writes(tmp_path: Path) -> None:
 
 
 @read_chains
-@pytest.mark.skipif(not probe_paths(SAMPLES / "probes" / "reader")[1].is_file(),
-                    reason="no reader probe yet")
-def test_reader_probe_was_trained_on_the_read_training_file_with_every_baseline() -> None:
-    bundle = load_probe(SAMPLES / "probes" / "reader")
-    assert bundle.meta.model == "default" and bundle.meta.hidden_size == 576
-    assert bundle.meta.data_hash == traces_hash(read_traces(READ_TRAIN).traces)
-    assert bundle.text is not None and bundle.last_token_step is not None
-    assert bundle.meta.fits and all(isinstance(f["converged"], bool)
-                                    for f in bundle.meta.fits.values())
-    validation = bundle.meta.metrics["validation"]
-    assert {"text", "last_token", "global_mean_probe"} <= set(validation["baselines"])
+def test_reader_probe_was_trained_on_the_read_training_file() -> None:
+    check_probe_pair("reader", READ_TRAIN)
