@@ -121,6 +121,10 @@ def test_probe_file_sets_the_threshold_and_enables_start(tmp_path: Path,
     at.radio(key=live.TRIGGER_KEY).set_value("prefix-rise").run()  # a margin instead
     assert live.THRESHOLD_KEY not in [slider.key for slider in at.slider]
     assert at.slider(key=live.MARGIN_KEY).value == pytest.approx(0.2)
+    at.radio(key=live.TRIGGER_KEY).set_value("step").run()
+    at.selectbox(key=live.PROBE_KEY).select(live.UPLOAD_OPTION).run()  # no probe: no slider
+    use_probe_path(at, tmp_path / "two")  # the same probe again
+    assert at.slider(key=live.THRESHOLD_KEY).value == pytest.approx(0.875)  # never 0
 
 
 def test_bad_probe_files_are_one_sentence(tmp_path: Path) -> None:
@@ -137,7 +141,8 @@ def test_bad_probe_files_are_one_sentence(tmp_path: Path) -> None:
 def test_uploaded_probe_pair_is_read_and_half_a_pair_is_a_warning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
-    weights, sidecar = save_probe(tmp_path / "up", random_bundle(DEFAULT_HIDDEN, step_threshold=0.25))
+    weights, sidecar = save_probe(tmp_path / "up",
+                                  random_bundle(DEFAULT_HIDDEN, step_threshold=0.25))
     at = open_live()
     at.selectbox(key=live.PROBE_KEY).select(live.UPLOAD_OPTION).run()
     uploader = at.file_uploader(key=live.PROBE_UPLOAD_KEY)

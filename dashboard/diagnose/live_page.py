@@ -177,7 +177,8 @@ def choose_alarm(probe: ProbeFile, bundle: ProbeBundle) -> tuple[str, float | No
             help="An alarm fires at a step whose c_prefix is this much above the step before's "
                  "(the first step: above the probe's calibrated c_prefix threshold)."))
         return trigger, None, margin
-    if st.session_state.get(THRESHOLD_FOR_KEY) != probe.hash:
+    if st.session_state.get(THRESHOLD_FOR_KEY) != probe.hash \
+            or THRESHOLD_KEY not in st.session_state:  # dropped while no slider was drawn
         st.session_state[THRESHOLD_FOR_KEY] = probe.hash
         st.session_state[THRESHOLD_KEY] = round(float(bundle.meta.step_threshold), 3)
     threshold = float(st.slider(
