@@ -120,8 +120,9 @@ def results(folder: Path) -> dict[str, object]:
     """What an uninterrupted run leaves, minus timings: parsed files by relative path."""
     out: dict[str, object] = {}
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or "journal" in path.name or path.name.endswith(".replies.jsonl"):
-            continue
+        if not path.is_file() or "journal" in path.name or path.name.endswith(".replies.jsonl") \
+                or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            continue  # journals, and temporary files of killed atomic writes (never read)
         name = str(path.relative_to(folder))
         if path.suffix == ".csv":
             table = pd.read_csv(path)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from core.data.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from core.data.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_leftovers
 from core.data.steps import Segmenter
 from core.data.traces import (
     SCHEMA_VERSION,
@@ -225,6 +225,15 @@ def test_atomic_helpers_write_create_folders_and_clean_up(tmp_path: Path) -> Non
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
+
+
+def test_leftovers_of_killed_writes_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    leftover = tmp_path / ".chunk-00000.parquet.4876a51fdf20.tmp"  # as a SIGKILL leaves it
+    keep = [tmp_path / ".hidden.tmp", tmp_path / "chunk-00000.parquet", tmp_path / ".x.ABC.tmp"]
+    for path in [leftover, *keep]:
+        path.write_bytes(b"")
+    assert remove_leftovers(tmp_path) == [leftover]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)
 
 
 # --- derived prefix labels ----------------------------------------------------------------------

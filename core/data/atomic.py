@@ -34,6 +34,20 @@ def _create_temp(target: Path) -> Path:
     raise FileExistsError(f"Could not create a temporary file beside {target}.")
 
 
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary files that writes killed mid-way left in `folder` (never read, so
+    only clutter); call it only where no other writer is at work, e.g. when a run resumes its
+    own folder. Returns what it removed."""
+    removed = []
+    for path in folder.glob(".*.tmp"):
+        stem = path.name[1:-len(".tmp")]
+        tag = stem.rsplit(".", 1)[-1]
+        if len(tag) == 12 and all(c in "0123456789abcdef" for c in tag) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())

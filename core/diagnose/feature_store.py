@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core import __version__
-from core.data.atomic import atomic_path, atomic_write_text
+from core.data.atomic import atomic_path, atomic_write_text, remove_leftovers
 from core.data.traces import Trace
 from core.diagnose.encode import encode_trace
 from core.diagnose.signals import SIGNAL_NAMES
@@ -186,6 +186,7 @@ def capture_traces(loaded: LoadedModel, traces: Sequence[Trace], out_dir: str | 
             raise ValueError(f"{shard_dir} holds a capture with other settings "
                              f"({', '.join(changed)}); use a new --out folder or the same "
                              "settings to resume.")
+        remove_leftovers(shard_dir)  # of chunks a killed run was writing
     else:
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     tick = _counter(len(mine), progress)
