@@ -103,9 +103,10 @@ def test_fraction_text_and_push_sentence() -> None:
     assert rp.fraction_text(0.25, 1, 4) == "0.25 (1/4)"
     assert rp.fraction_text(None) == rp.fraction_text(float("nan")) == "n/a"
     raw = rp.push_sentence(13.0, 239.0, 4.0, "raw")  # 4 x 13 = 52 = 0.22 x 239
-    assert "norm 52.0, 0.22× the residual norm" in raw and "‖v‖ = 13.00" in raw
+    assert "effective magnitude of 52.0 (strength × ‖v‖), 0.22× the mean residual norm" in raw
+    assert "‖v‖ = 13.00" in raw
     relative = rp.push_sentence(13.0, 239.0, 4.0, "relative")  # 4 x 239 = 956
-    assert "norm 956.0, 4.00× the residual norm" in relative
+    assert "magnitude of 956.0 (strength × the mean residual norm), 4.00× the mean" in relative
 
 
 # ---------------------------------------------------------------------------- figures

@@ -1,8 +1,10 @@
 """The Introspection page under `streamlit.testing.v1.AppTest`: it renders without a model (a
 note says how to get one), and on a tiny random model loaded through the sidebar it runs a
-trial (replies side by side with grade marks, rates, logit lens, downloads), keeps the result
-across reruns from the cache, runs a sweep and the prefill experiment, and takes a contrastive
-pair. Session state holds only small plain values. e2e: one trial on the default model."""
+trial (replies side by side with grade marks, rates, every arm beside its chance, logit lens,
+downloads), runs the confounds (generation-only, yes/no questions, a mismatched concept) and
+relative strengths, keeps the result across reruns from the cache, runs a sweep and the prefill
+experiment, and takes a contrastive pair. Session state holds only small plain values. e2e: one
+trial on the default model."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.sense.arms import MIN_NONE_TRIALS
+from core.sense.arms import ALL_CONTROLS, ARMS, MIN_NONE_TRIALS
 from core.sense.introspection import InjectionSpec, TrialConfig
 from dashboard.common.runs import FINISHED
-from dashboard.sense import page, prefill_panel, sweep_panel, trial_panel
+from dashboard.sense import control_charts, page, prefill_panel, sweep_panel, trial_panel
 from dashboard.sense import state as istate
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
@@ -139,13 +141,22 @@ def test_trial_on_a_tiny_model_shows_replies_marks_lens_and_downloads(
     assert len(cards) == 4  # injected, none, random, negated
     assert any("'w20' (word method) at layer **2**, strength **4**" in c
                for c in texts(at.caption))
-    assert any(c.startswith("‖v‖ = ") for c in texts(at.caption))
+    assert any(c.startswith("‖v‖ = ") and "effective magnitude" in c for c in texts(at.caption))
+    assert any("no injection: false positives" in c and f"(n {MIN_NONE_TRIALS})" in c
+               for c in texts(at.caption))
     titles = chart_titles(at)
-    assert titles[0].startswith("Rates per condition") and titles[1].startswith("Logit lens")
-    lens = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert titles[0] == "Every arm beside its chance"
+    assert titles[1].startswith("Rates per condition") and titles[2].startswith("Logit lens")
+    lens = json.loads(at.get("plotly_chart")[2].proto.spec)
     assert array(lens["data"][0]["x"]) == list(range(TINY_LAYERS))
-    assert downloads(at)[:5] == ["Trials (CSV)", "Rates (CSV)", "Rates figure (HTML)",
-                                 "Logit lens (CSV)", "Logit-lens figure (HTML)"]
+    assert downloads(at) == ["Trials (CSV)", "Rates (CSV)", "Controls (CSV)", "Logit lens (CSV)",
+                             "Rates figure (HTML)", "Controls figure (HTML)",
+                             "Logit-lens figure (HTML)"]
+    # from the next rerun, the strength's help knows ||v|| at the layer: the effective magnitude
+    # and its ratio to the residual norm
+    help_text = at.run().slider(key=trial_panel.STRENGTH_KEY).help
+    assert "‖v‖ = " in help_text and "mean residual norm = " in help_text
+    assert "strength 4: effective magnitude " in help_text
     assert at.session_state[istate.TRIAL_KEY]["status"] == FINISHED
     assert_plain_session_state(at)
     assert len(calls) == 1
@@ -157,6 +168,36 @@ def test_trial_on_a_tiny_model_shows_replies_marks_lens_and_downloads(
     assert not at.get("progress")  # the bars the cache replays end empty
     assert any("settings above have changed" in c for c in texts(at.caption))
     assert len([b for b in html_bodies(at) if "names the concept" in b]) == 4
+
+
+def test_trial_with_the_confounds_shows_each_arm_beside_its_chance(tiny_model_dir: Path) -> None:
+    at = small_trial(with_model(str(tiny_model_dir)), n_trials=2, tokens=3)
+    at.radio(key=trial_panel.SCALE_KEY).set_value("relative").run()
+    relative = at.slider(key=trial_panel.strength_key("relative"))
+    assert (relative.min, relative.max, relative.value) == (0.0, 4.0, 0.5)
+    assert "the strength is the ratio to the residual norm" in relative.help
+    at.multiselect(key="intro_trial_controls").set_value(list(ALL_CONTROLS)).run()
+    assert at.selectbox(key=trial_panel.PARTNER_KEY).value == "bread"  # not the concept asked
+    # 2 trials of the concept and each of 6 injected controls (random, negated, generation-only,
+    # yes/no, named, mismatch); the floor for no injection and for the plain yes/no questions
+    n_replies = 7 * 2 + 2 * MIN_NONE_TRIALS
+    assert any(f"{n_replies} replies of up to 3 tokens" in c for c in texts(at.caption))
+    button(at, "Run trial").click().run()
+    assert not at.exception and not at.error
+    controls = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert controls["layout"]["title"]["text"] == "Every arm beside its chance"
+    labels = [x.split("<br>")[0] for x in controls["data"][0]["x"]]
+    assert labels == [control_charts.ARM_SHORT[a] for a in (
+        "injected", "random", "negated", "generation_only", "yes_no", "named")]
+    assert f"(n {MIN_NONE_TRIALS})" in controls["layout"]["title"]["subtitle"]["text"]
+    table = next(d.value for d in at.dataframe if "reference" in d.value.columns)
+    assert set(table["control"]) == set(ARMS)
+    assert table.loc[table["control"] == "injected", "relative_magnitude"].iloc[0] == \
+        pytest.approx(0.5)
+    cards = html_bodies(at)
+    assert len([b for b in cards if "says yes" in b]) == 2  # yes/no with and without injection
+    assert len([b for b in cards if "names the concept" in b]) == 7
+    assert any("strength **0.5** (relative)" in c for c in texts(at.caption))
 
 
 def test_sweep_and_prefill_on_a_tiny_model(tiny_model_dir: Path) -> None:
@@ -172,7 +213,8 @@ def test_sweep_and_prefill_on_a_tiny_model(tiny_model_dir: Path) -> None:
     assert any(c.startswith(f"{n_replies} replies of up to 3 tokens") for c in texts(at.caption))
     button(at, "Run sweep").click().run()
     assert not at.exception and not at.error
-    assert chart_titles(at) == ["Injected concept", "Detection: the concept against the controls"]
+    assert chart_titles(at) == ["Injected concept", "Detection: the concept against the controls",
+                                "The confounds"]
     shown = at.selectbox(key=sweep_panel.SWEEP_SHOWN_KEY)
     assert shown.options == [sweep_panel.ALL_MEAN, "w20", "bread"]
     summary = next(d.value for d in at.dataframe if "net" in d.value.columns)
@@ -194,6 +236,32 @@ def test_sweep_and_prefill_on_a_tiny_model(tiny_model_dir: Path) -> None:
     assert list(rates["condition"]) == ["none", "matching", "random"]
     assert {"Apology rates (CSV)", "Replies (CSV)", "Bar chart (HTML)"} <= set(downloads(at))
     assert_plain_session_state(at)
+
+
+def test_sweep_over_relative_strengths_with_the_confounds(tiny_model_dir: Path) -> None:
+    at = small_trial(with_model(str(tiny_model_dir)))
+    at.radio(key=sweep_panel.SWEEP_SCALE_KEY).set_value("relative").run()
+    strengths = at.multiselect(key=sweep_panel.strengths_key("relative"))
+    assert strengths.value == [0.25, 0.5, 1.0] and 16.0 not in strengths.options
+    strengths.set_value([0.5])
+    at.multiselect(key=sweep_panel.SWEEP_CONCEPTS_KEY).set_value(["w20"])
+    at.multiselect(key=sweep_panel.SWEEP_LAYERS_KEY).set_value([2])
+    at.number_input(key="intro_sweep_n_trials").set_value(1)
+    at.number_input(key="intro_sweep_max_new_tokens").set_value(3)
+    at.multiselect(key="intro_sweep_controls").set_value(list(ALL_CONTROLS)).run()
+    assert at.selectbox(key=sweep_panel.SWEEP_PARTNER_KEY).value == "bread"
+    button(at, "Run sweep").click().run()
+    assert not at.exception and not at.error
+    assert chart_titles(at)[-1] == "The confounds"
+    confounds = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert f"(n {MIN_NONE_TRIALS})" in confounds["layout"]["title"]["subtitle"]["text"]
+    summary = next(d.value for d in at.dataframe if "net" in d.value.columns)
+    assert list(summary.columns[:5]) == sweep_panel.UNIT_COLUMNS
+    assert summary["relative_magnitude"].tolist() == pytest.approx([0.5])
+    arms = next(d.value for d in at.dataframe if "reference" in d.value.columns)
+    assert set(arms["control"]) == set(ARMS)
+    assert arms.loc[arms["control"] == "mismatch", "injected"].iloc[0] == "bread"
+    assert {"Controls table (CSV)", "Confounds (HTML)"} <= set(downloads(at))
 
 
 def test_contrastive_pair_and_incomplete_concepts(tiny_model_dir: Path) -> None:
@@ -227,9 +295,25 @@ def test_requests_round_trip_through_plain_values() -> None:
                                 TrialConfig(n_trials=3, controls=("none",)))
     plain = json.loads(json.dumps(trial.to_state()))
     assert istate.TrialRequest.from_state(plain) == trial
+    mismatch = TrialConfig(n_trials=3, controls=("none", "mismatch"))
+    paired = istate.TrialRequest(model, caps, 7, InjectionSpec(2.0), mismatch,
+                                 istate.ConceptChoice.word("ocean"))
+    assert istate.TrialRequest.from_state(json.loads(json.dumps(paired.to_state()))) == paired
+    with pytest.raises(ValueError, match="needs a second concept"):
+        istate.TrialRequest(model, caps, 7, InjectionSpec(2.0), mismatch)
+    with pytest.raises(ValueError, match="must differ"):
+        istate.TrialRequest(model, caps, 7, InjectionSpec(2.0), mismatch, caps)
+    with pytest.raises(ValueError, match="generation-only"):
+        istate.TrialRequest(model, caps, 7, InjectionSpec(2.0, positions="generated"),
+                            TrialConfig(controls=("generation_only",)))
     sweep = istate.SweepRequest(model, (istate.ConceptChoice.word("bread"), caps), (5, 10),
                                 (1.0, 2.0))
     assert istate.SweepRequest.from_state(json.loads(json.dumps(sweep.to_state()))) == sweep
+    one = istate.SweepRequest(model, (caps,), (5,), (0.5,), "relative", trials=mismatch,
+                              partner=istate.ConceptChoice.word("ocean"))
+    assert istate.SweepRequest.from_state(json.loads(json.dumps(one.to_state()))) == one
+    assert one.sweep_config().partner == "ocean"
+    assert sweep.injected_partner is None  # two concepts: each one's partner is the next
     prefill = istate.PrefillRequest(model, (10, 15), 16.0)
     assert istate.PrefillRequest.from_state(json.loads(json.dumps(prefill.to_state()))) == prefill
     assert istate.TrialRequest.from_state({"model": model}) is None
@@ -250,7 +334,7 @@ def test_single_trial_on_the_default_model() -> None:
     button(at, "Run trial").click().run(timeout=RUN_TIMEOUT)
     assert not at.exception and not at.error
     assert len([b for b in html_bodies(at) if "names the concept" in b]) == 4
-    lens = json.loads(at.get("plotly_chart")[1].proto.spec)
+    lens = json.loads(at.get("plotly_chart")[2].proto.spec)
     assert array(lens["data"][0]["x"]) == list(range(30))
     assert "' bread'" in lens["layout"]["title"]["text"]
     rates = next(d.value for d in at.dataframe if "detection_lo" in d.value.columns)

@@ -147,7 +147,8 @@ def _heatmap(grid: pd.DataFrame, zmin: float, zmax: float, colorscale: str | lis
         xgap=2, ygap=2)
 
 
-def _concept_note(summary: pd.DataFrame, concept: str | None) -> str:
+def concept_note(summary: pd.DataFrame, concept: str | None) -> str:
+    """Which concept a grid shows: the one chosen, or the mean over the summary's concepts."""
     if concept is not None:
         return f"concept '{concept}'"
     n = summary["concept"].nunique()
@@ -162,8 +163,10 @@ CONTROL_PANELS = (("detection", "concept", 0.0, 1.0, "Oranges"),
                   ("negated_detection", "negated vector", 0.0, 1.0, "Teal"))
 
 
-def _grid_figure(summary: pd.DataFrame, panels: Sequence[tuple[str, str, float, float, str]],
-                 concept: str | None, title: str, subtitle: str, height: int) -> go.Figure:
+def grid_figure(summary: pd.DataFrame, panels: Sequence[tuple[str, str, float, float, str]],
+                concept: str | None, title: str, subtitle: str, height: int) -> go.Figure:
+    """One heatmap per panel (value column, title, zmin, zmax, colour scale) over strength x
+    layer; a panel whose column is empty says "not run"."""
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[1] for p in panels],
                         horizontal_spacing=0.08)
     for col, (value, name, zmin, zmax, scale) in enumerate(panels, start=1):
@@ -186,17 +189,17 @@ def sweep_heatmaps(summary: pd.DataFrame, concept: str | None = None) -> go.Figu
     """Net score (identification - false positives), identification and coherence over
     layer x strength (cells show the value). `summary` is `core.sense.introspection.sweep_summary`'s
     table."""
-    return _grid_figure(summary, SWEEP_PANELS, concept, "Injected concept",
-                        f"{_concept_note(summary, concept)}; net = identification − false "
-                        "positives", 440)
+    return grid_figure(summary, SWEEP_PANELS, concept, "Injected concept",
+                       f"{concept_note(summary, concept)}; net = identification − false "
+                       "positives", 440)
 
 
 def control_heatmaps(summary: pd.DataFrame, concept: str | None = None) -> go.Figure:
     """Detection claims over layer x strength with the concept injected, beside its controls:
     a random vector of the same norm and the negated vector; the no-injection false-positive
     rate (one rate for the whole sweep) is the subtitle."""
-    return _grid_figure(summary, CONTROL_PANELS, concept, "Detection: the concept against the "
-                        "controls", false_positive_text(summary), 440)
+    return grid_figure(summary, CONTROL_PANELS, concept, "Detection: the concept against the "
+                       "controls", false_positive_text(summary), 440)
 
 
 # ---------------------------------------------------------------------------- prefill

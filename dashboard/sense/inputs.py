@@ -1,6 +1,6 @@
 """Inputs the Introspection page's panels share: how to inject (positions, scale), the sampling
-and controls of the trials, layers by depth, and the note shown beside results whose settings
-have changed since they ran."""
+and controls of the trials, the concept the mismatch control injects, layers by depth, and the
+note shown beside results whose settings have changed since they ran."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from typing import Any
 
 import streamlit as st
 
-from core.sense.introspection import CONTROLS, TrialConfig
+from core.sense.arms import ALL_CONTROLS, CONTROLS
+from core.sense.concepts import ALL_TARGET_WORDS
+from core.sense.introspection import TrialConfig
 from dashboard.common.runs import Request
-from dashboard.sense import charts as charts_sense
+from dashboard.sense.control_charts import CONTROL_HELP, CONTROL_TITLES
+from dashboard.sense.requests import ConceptChoice
 
 POSITION_HELP = {
     "window": "window: from the blank line before the question to the end, generated tokens "
@@ -48,14 +51,27 @@ def choose_sampling(prefix: str, n_trials: int, max_new_tokens: int,
         }
         if with_controls:
             values["controls"] = tuple(st.multiselect(
-                "Controls", list(CONTROLS), default=list(CONTROLS), key=f"{prefix}_controls",
-                format_func=lambda c: charts_sense.CONDITION_TITLES[c],
-                help="Run every control: without them no rate means anything."))
+                "Controls", list(ALL_CONTROLS), default=list(CONTROLS), key=f"{prefix}_controls",
+                format_func=CONTROL_TITLES.__getitem__,
+                help="Without controls no rate means anything. " + CONTROL_HELP))
     try:
         return TrialConfig(**values)
     except ValueError as error:
         st.warning(str(error))
         return None
+
+
+def choose_partner(key: str, asked: list[str]) -> ConceptChoice | None:
+    """The concept the mismatch control injects while the model is asked about another: one of
+    the target words not asked about (None when every word is taken)."""
+    offered = [w for w in ALL_TARGET_WORDS if w not in asked]
+    if not offered:
+        return None
+    word = st.selectbox("Mismatched concept", offered, key=key,
+                        help="The mismatch control asks 'Do you detect an injected thought "
+                             "about A?' while this concept is injected (rescaled to A's norm), "
+                             "beside the same question with A injected.")
+    return ConceptChoice.word(str(word))
 
 
 def depth_layers(n_layers: int, fractions: tuple[float, ...]) -> list[int]:

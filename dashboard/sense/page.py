@@ -2,14 +2,17 @@
 whether it notices (the protocol of "Emergent Introspective Awareness", METHODS section 2).
 
 Pick or type a concept (or define a contrastive pair), then: "Run trial" shows the replies with
-and without injection side by side, marked by the rule grader, with the controls and the logit
-lens; "Run sweep" maps net score, identification and coherence over layer x strength beside the
-controls; "Run prefill" measures how often the model disowns a word it was made to say.
+and without injection side by side, marked by the rule grader, every control's rate beside its
+chance arm's, and the logit lens; "Run sweep" maps net score, identification and coherence over
+layer x strength beside the controls and the confounds; "Run prefill" measures how often the
+model disowns a word it was made to say. Strengths are raw or relative (multiples of the layer's
+mean residual norm), and shown also as effective magnitude and ratio to that norm.
 
 Inputs -> request -> run -> show: this module draws the concept choice and the three tabs; each
 tab is a panel (`trial_panel`, `sweep_panel`, `prefill_panel`) whose run is a
-`dashboard.common.runs.Run` over the cached helpers of `sense.state`; figures and marked replies
-come from `sense.charts`.
+`dashboard.common.runs.Run` (requests in `sense.requests`) over the cached helpers of
+`sense.state`; figures and marked replies come from `sense.charts`, `sense.control_charts` and
+`sense.replies`.
 """
 
 from __future__ import annotations
@@ -50,9 +53,12 @@ FRAMING = (
     "models scored nothing. *Those are the paper's numbers, not this tool's.* A small model such "
     "as the default SmolLM2-135M will most likely **not** introspect: expect rates near zero, "
     "replies that echo the question's words, and controls (no injection, a random vector of "
-    "the same norm, the negated vector) that score as much as the concept itself. Read every "
-    "rate against its controls. Replies are graded by simple rules (coherent; affirmative; names "
-    "the concept; the claim comes before the word), so read the replies too.")
+    "the same norm, the negated vector) that score as much as the concept itself. The open "
+    "reproductions found confounds, selectable under *Sampling and controls*: injection on the "
+    "generated tokens only, unrelated yes/no questions with the same injection, and a "
+    "mismatched concept. Read every rate against its chance arm. Replies are graded by simple "
+    "rules (coherent; affirmative; names the concept; the claim comes before the word), checked "
+    "by hand in sample_traces/audits/, so read the replies too.")
 
 
 def reset_layer_widgets(model: ModelKey) -> None:

@@ -1,6 +1,7 @@
 """Replies of the Introspection page marked as the rule grader read them: the detection claim
-and the concept word highlighted, the grade marks as badges, and two small sentences (a rate
-as text, the size of the push). Pure functions, HTML-escaped; no Streamlit and no torch.
+and the concept word highlighted, the grade marks as badges, and small sentences (a rate as
+text, the size of the push in effective magnitude and residual norms, the strength slider's
+help). Pure functions, HTML-escaped; no Streamlit and no torch.
 
     html = trial_card_html(row)        # one row of the trial table: badges, then the reply
 """
@@ -118,9 +119,11 @@ def reply_html(reply: str, claim_at: Any, concept_at: Any, concept: str | None) 
     return "".join(parts) if reply else '<span style="color:#888">(empty reply)</span>'
 
 
+# the marks, in order; "detected" (coherent and affirmative) is what the detection and
+# false-positive rates count, so a "yes" that is not counted says so on its card
 GRADE_MARKS = (("coherent", "coherent"), ("affirmative", "affirmative"),
-               ("names_concept", "names the concept"), ("immediate", "claim first"),
-               ("identified", "identified"))
+               ("detected", "counted as detection"), ("names_concept", "names the concept"),
+               ("immediate", "claim first"), ("identified", "identified"))
 
 
 def _badge(label: str, on: bool) -> str:
@@ -130,14 +133,25 @@ def _badge(label: str, on: bool) -> str:
             f'margin-right:4px;font-size:0.8rem;white-space:nowrap">{sign} {label}</span>')
 
 
+YES_NO_MARKS = (("coherent", "coherent"), ("answer_yes", "says yes"))
+YES_NO_ARMS = ("yes_no", "yes_no_none")
+
+
 def trial_card_html(row: Mapping[str, Any]) -> str:
     """One trial: the rule grader's marks as badges, then the marked reply. `row` is a row of the
-    trial table (reply, concept, claim_at, concept_at and the grade columns)."""
+    trial table (reply, concept, claim_at, concept_at and the grade columns). A reply to an
+    unrelated yes/no question shows the question and whether it says yes (no claim to mark)."""
     concept = row.get("concept")
     concept = concept if isinstance(concept, str) and concept else None
-    badges = "".join(_badge(label, bool(row.get(key))) for key, label in GRADE_MARKS)
-    body = reply_html(str(row.get("reply") or ""), row.get("claim_at"), row.get("concept_at"),
-                      concept)
+    if row.get("condition") in YES_NO_ARMS:
+        badges = "".join(_badge(label, row.get(key) is True) for key, label in YES_NO_MARKS)
+        question = html.escape(str(row.get("question") or ""))
+        body = (f'<span style="color:#666">{question}</span>\n'
+                + (html.escape(str(row.get("reply") or "")) or "(empty reply)"))
+    else:
+        badges = "".join(_badge(label, bool(row.get(key))) for key, label in GRADE_MARKS)
+        body = reply_html(str(row.get("reply") or ""), row.get("claim_at"),
+                          row.get("concept_at"), concept)
     return (f'<div style="margin-bottom:6px">{badges}</div>'
             f'<div style="white-space:pre-wrap;line-height:1.5;font-size:0.95rem">{body}</div>')
 
@@ -163,24 +177,63 @@ def fraction_text(p: Any, k: int | None = None, n: int | None = None) -> str:
     return f"{text} ({k}/{n})" if k is not None and n is not None else text
 
 
+def magnitude(strength: float, scale: str, vector_norm: float | None,
+              mean_residual_norm: float | None) -> tuple[float | None, float | None]:
+    """(effective magnitude, its ratio to the layer's mean residual norm) of a push: raw adds
+    strength x v, so |strength| x ||v||; relative adds strength x the mean norm along v. None
+    where a norm it needs is not known."""
+    base = vector_norm if scale == "raw" else mean_residual_norm
+    added = None if base is None else abs(strength) * base
+    if scale == "relative":
+        return added, abs(strength)
+    if added is None or not mean_residual_norm:
+        return added, None
+    return added, added / mean_residual_norm
+
+
 def push_sentence(vector_norm: float, mean_residual_norm: float, strength: float,
                   scale: str) -> str:
-    """How big the push is against the residual stream at the layer.
-
-    raw: added norm = strength * ||v||; relative: strength * mean residual norm.
-    """
-    added = strength * (vector_norm if scale == "raw" else mean_residual_norm)
-    share = added / mean_residual_norm if mean_residual_norm > 0 else float("nan")
+    """How big the push is against the residual stream at the layer (the trial's header)."""
+    added, ratio = magnitude(strength, scale, vector_norm, mean_residual_norm)
+    formula = "strength × ‖v‖" if scale == "raw" else "strength × the mean residual norm"
     return (f"‖v‖ = {vector_norm:.2f}; the residual stream's mean norm at this layer is "
-            f"{mean_residual_norm:.1f}: strength {strength:g} ({scale}) adds a vector of norm "
-            f"{added:.1f}, {share:.2f}× the residual norm.")
+            f"{mean_residual_norm:.1f}: strength {strength:g} ({scale}) is an effective "
+            f"magnitude of {added or 0:.1f} ({formula}), {ratio or 0:.2f}× the mean residual "
+            "norm.")
 
 
-def false_positive_text(summary: pd.DataFrame) -> str:
-    """The shared no-injection control in words: 'false positives 0.00 [0.00, 0.49] (n 4)'."""
-    if summary.empty or not _is_offset(summary["false_positive"].iloc[0]):
+def strength_help(strength: float, scale: str, layer: int, vector_norm: float | None,
+                  mean_residual_norm: float | None) -> str:
+    """The strength slider's help: what the current strength adds at `layer`, in effective
+    magnitude and as a multiple of the layer's mean residual norm (as far as the norms are
+    known: ||v|| once the concept has been built)."""
+    added, ratio = magnitude(strength, scale, vector_norm, mean_residual_norm)
+    rule = ("raw: adds strength × v, an effective magnitude of strength × ‖v‖ (the paper's "
+            "sweep: 1, 2, 4, 8; ‖v‖ grows with depth)" if scale == "raw" else
+            "relative: adds strength × the layer's mean residual norm along v, so the strength "
+            "is the ratio to the residual norm")
+    known = [f"layer {layer}"]
+    if vector_norm is not None:
+        known.append(f"‖v‖ = {vector_norm:.2f}")
+    if mean_residual_norm is not None:
+        known.append(f"mean residual norm = {mean_residual_norm:.1f}")
+    now = f"strength {strength:g}: effective magnitude "
+    now += f"{added:.1f}" if added is not None else "(‖v‖ is measured when the concept is built)"
+    if ratio is not None:
+        now += f", {ratio:.2f}× the mean residual norm"
+    return f"{rule}.\n\nAt {', '.join(known)}: {now}."
+
+
+def false_positive_text(summary: pd.DataFrame | Mapping[str, Any]) -> str:
+    """The shared no-injection control in words: 'false positives 0.00 [0.00, 0.04] (n 100)';
+    `summary` is a sweep summary (its first row) or one setting's summary."""
+    if isinstance(summary, pd.DataFrame):
+        if summary.empty:
+            return "no injection: not run"
+        summary = {str(k): v for k, v in summary.iloc[0].items()}
+    row = summary
+    if not _is_offset(row.get("false_positive")) or not row.get("n_none"):
         return "no injection: not run"
-    row = summary.iloc[0]
     return (f"no injection: false positives {float(row['false_positive']):.2f} "
             f"[{float(row['false_positive_lo']):.2f}, {float(row['false_positive_hi']):.2f}] "
             f"(n {int(row['n_none'])})")

@@ -1,5 +1,6 @@
 """What the Introspection page keeps between reruns: its requests (small values in session
-state) and its results (`st.cache_data`, keyed on the model and every setting).
+state, `sense.requests`), its results (`st.cache_data`, keyed on the model and every setting) and
+the norms of the concept vectors built so far (for the strength sliders' help).
 
 - A request names the model (spec, device, dtype), the concept by its recipe (never by its
   vector) and the settings; `dashboard.common.runs.Run` keeps it in session state as a dict of
@@ -8,7 +9,7 @@ state) and its results (`st.cache_data`, keyed on the model and every setting).
 - Each long cached function takes an optional `_progress(done, total)` callback (the underscore
   keeps it out of the cache key) and reports (0, 0) first thing, so a `runs.Bar` draws its bar
   inside the call, where Streamlit records it (and replays it, emptied, on a hit).
-- Nothing here draws on the page itself.
+- Nothing here draws on the page itself; session state gets small plain values only.
 
     request = TrialRequest(model, ConceptChoice.word("bread"), 20, InjectionSpec(4.0), config)
     run = trial_run(request, _progress=bar)            # a core.sense.introspection.TrialRun
@@ -16,27 +17,20 @@ state) and its results (`st.cache_data`, keyed on the model and every setting).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+import json
+from dataclasses import asdict
 
 import pandas as pd
 import streamlit as st
 
 from core.progress import Progress
-from core.sense.arms import arms_for
 from core.sense.concepts import (
     METHODS,
     ConceptLibrary,
     build_contrastive_library,
     build_word_library,
-    caps_pairs,
-    check_method,
 )
 from core.sense.introspection import (
-    InjectionSpec,
-    SweepConfig,
-    TrialConfig,
     TrialRun,
     mean_residual_norms,
     run_sweep,
@@ -44,169 +38,46 @@ from core.sense.introspection import (
     trial_layout,
 )
 from core.sense.logit_lens import logit_lens
-from core.sense.prefill import PrefillConfig, run_prefill
-from dashboard.common.state import ModelKey, get_model, model_key
+from core.sense.prefill import run_prefill
+from dashboard.common.state import ModelKey, get_model
+from dashboard.sense.requests import (
+    ConceptChoice,
+    PrefillRequest,
+    SweepRequest,
+    TrialRequest,
+    concept_from,
+    reply_counts,
+    trial_config_from,
+)
 
 TRIAL_KEY = "introspection_trial"  # session state: {"request": ..., "status": ...} (runs.Run)
 SWEEP_KEY = "introspection_sweep"
 PREFILL_KEY = "introspection_prefill"
 
 
-# ---------------------------------------------------------------------------- requests
+# ---------------------------------------------------------------------------- vector norms
+
+NORMS_KEY = "intro_vector_norms"  # session state: {model and recipe (JSON): [||v|| per layer]}
 
 
-@dataclass(frozen=True)
-class ConceptChoice:
-    """A concept by its recipe: the word method (`positive` = (word,), baseline = the core's
-    BASELINE_WORDS) or a contrastive pair of prompt lists."""
-
-    name: str
-    method: str = "word"
-    positive: tuple[str, ...] = ()
-    negative: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        check_method(self.method)
-        if not self.name.strip():
-            raise ValueError("Type a concept: a word, or a name for the contrastive pair.")
-        if self.method == "contrastive" and not (
-                any(p.strip() for p in self.positive) and any(n.strip() for n in self.negative)):
-            raise ValueError(f"The contrastive concept '{self.name}' needs at least one positive "
-                             "and one negative prompt.")
-
-    @classmethod
-    def word(cls, word: str) -> ConceptChoice:
-        word = word.strip()
-        return cls(word, "word", (word,), ())
-
-    @classmethod
-    def caps(cls, name: str, texts: list[str]) -> ConceptChoice:
-        """The ALL-CAPS contrast: the texts in upper case against the texts as given."""
-        positive, negative = caps_pairs([t for t in texts if t.strip()])
-        return cls(name.strip(), "contrastive", tuple(positive), tuple(negative))
-
-    @property
-    def label(self) -> str:
-        if self.method == "word":
-            return f"'{self.name}' (word method)"
-        return (f"'{self.name}' (contrastive: {len(self.positive)} positive, "
-                f"{len(self.negative)} negative prompts)")
+def _norms_key(model: ModelKey, concept: ConceptChoice) -> str:
+    return json.dumps([list(model), asdict(concept)])
 
 
-def _tuples(value: Any) -> Any:
-    """Lists (as session state and JSON hold them) back into tuples, recursively."""
-    if isinstance(value, list | tuple):
-        return tuple(_tuples(v) for v in value)
-    return value
+def remember_norms(model: ModelKey, concept: ConceptChoice, library: ConceptLibrary) -> None:
+    """Keep ||v|| per layer of a concept just built, so the sliders can say how big a strength
+    is without building the vector again."""
+    known = dict(st.session_state.get(NORMS_KEY, {}))
+    known[_norms_key(model, concept)] = library.norms(concept.name)
+    st.session_state[NORMS_KEY] = known
 
 
-def concept_from(value: Mapping[str, Any]) -> ConceptChoice:
-    return ConceptChoice(str(value["name"]), str(value["method"]),
-                         tuple(map(str, value["positive"])), tuple(map(str, value["negative"])))
-
-
-def trial_config_from(value: Mapping[str, Any]) -> TrialConfig:
-    return TrialConfig(**{k: _tuples(v) for k, v in value.items()})
-
-
-@dataclass(frozen=True)
-class TrialRequest:
-    """One "Run trial": the concept at `layer`, injected as `spec` says, with `config`'s trials
-    and controls."""
-
-    model: ModelKey
-    concept: ConceptChoice
-    layer: int
-    spec: InjectionSpec
-    config: TrialConfig
-
-    def to_state(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_state(cls, value: Any) -> TrialRequest | None:
-        try:
-            return cls(model_key(value["model"]), concept_from(value["concept"]),
-                       int(value["layer"]), InjectionSpec(**value["spec"]),
-                       trial_config_from(value["config"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-@dataclass(frozen=True)
-class SweepRequest:
-    """One "Run sweep": layers x strengths x concepts, with the trials and controls of
-    `trials`."""
-
-    model: ModelKey
-    concepts: tuple[ConceptChoice, ...]
-    layers: tuple[int, ...]
-    strengths: tuple[float, ...]
-    scale: str = "raw"
-    positions: str = "window"
-    trials: TrialConfig = TrialConfig(n_trials=4)
-
-    def __post_init__(self) -> None:
-        names = [c.name for c in self.concepts]
-        if len(set(names)) != len(names):
-            raise ValueError("Two concepts of the sweep share a name; give each its own.")
-        self.sweep_config()  # checks the rest
-
-    def sweep_config(self) -> SweepConfig:
-        return SweepConfig(tuple(c.name for c in self.concepts), self.layers, self.strengths,
-                           self.scale, self.positions, self.trials)
-
-    def to_state(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_state(cls, value: Any) -> SweepRequest | None:
-        try:
-            return cls(model_key(value["model"]),
-                       tuple(concept_from(c) for c in value["concepts"]),
-                       tuple(int(x) for x in value["layers"]),
-                       tuple(float(x) for x in value["strengths"]), str(value["scale"]),
-                       str(value["positions"]), trial_config_from(value["trials"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-@dataclass(frozen=True)
-class PrefillRequest:
-    """One "Run prefill": the experiment's layers, injection strength and scale, and sampling
-    (the core's own sentence items)."""
-
-    model: ModelKey
-    layers: tuple[int, ...]
-    strength: float = 4.0
-    scale: str = "raw"
-    trials: TrialConfig = TrialConfig(n_trials=2, max_new_tokens=40, controls=())
-
-    def __post_init__(self) -> None:
-        self.prefill_config()  # checks the settings
-
-    def prefill_config(self) -> PrefillConfig:
-        return PrefillConfig(self.layers, self.strength, self.scale, trials=self.trials)
-
-    def to_state(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_state(cls, value: Any) -> PrefillRequest | None:
-        try:
-            return cls(model_key(value["model"]),
-                       tuple(int(x) for x in value["layers"]), float(value["strength"]),
-                       str(value["scale"]), trial_config_from(value["trials"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-def reply_counts(trials: TrialConfig) -> tuple[int, int]:
-    """(replies of the arms without injection, sampled once per run; replies per injected
-    setting), as `core.sense.introspection` samples them (`arms_for`, `TrialConfig.n_for`)."""
-    arms = arms_for(trials.controls)
-    return (sum(trials.n_for(a) for a in arms if a.shared),
-            sum(trials.n_for(a) for a in arms if not a.shared))
+def known_norm(model: ModelKey, concept: ConceptChoice | None, layer: int) -> float | None:
+    """||v|| of the concept at `layer` if it was built in this session (None otherwise)."""
+    if concept is None:
+        return None
+    norms = st.session_state.get(NORMS_KEY, {}).get(_norms_key(model, concept))
+    return float(norms[layer]) if norms is not None and 0 <= layer < len(norms) else None
 
 
 # ---------------------------------------------------------------------------- cached results
@@ -242,12 +113,16 @@ def residual_norms(model: ModelKey) -> dict[int, float]:
 @st.cache_data(show_spinner=False, max_entries=64)
 def trial_run(request: TrialRequest, _progress: Progress | None = None) -> TrialRun:
     """`core.sense.introspection.run_trials` for the request: the injected trials and every
-    control."""
+    control (the mismatch control injects the request's partner concept)."""
     _started(_progress)
     loaded = get_model(*request.model)
     library = concept_library(request.model, request.concept)
+    partner = None
+    if request.partner is not None and "mismatch" in request.config.controls:
+        partner = concept_library(request.model, request.partner).vector(request.partner.name,
+                                                                         request.layer)
     return run_trials(loaded, library.vector(request.concept.name, request.layer), request.spec,
-                      request.config, progress=_progress)
+                      request.config, progress=_progress, partner=partner)
 
 
 @st.cache_data(show_spinner="Reading the logit lens ...", max_entries=64)
@@ -259,15 +134,17 @@ def lens_table(request: TrialRequest) -> pd.DataFrame:
 
 
 def sweep_library(request: SweepRequest, progress: Progress | None = None) -> ConceptLibrary:
-    """Every concept of the sweep in one library (each built, or found, in the cache on its own;
-    `progress` counts concepts)."""
+    """Every concept the sweep injects (its partner included) in one library, each built, or
+    found, in the cache on its own; `progress` counts concepts."""
     _started(progress)
+    partner = request.injected_partner
+    concepts = [*request.concepts, *([partner] if partner is not None else [])]
     library: ConceptLibrary | None = None
-    for done, concept in enumerate(request.concepts, start=1):
+    for done, concept in enumerate(concepts, start=1):
         one = concept_library(request.model, concept)
         library = one if library is None else library.merge(one)
         if progress:
-            progress(done, len(request.concepts))
+            progress(done, len(concepts))
     assert library is not None  # a SweepConfig has at least one concept
     return library
 
@@ -290,9 +167,9 @@ def prefill_replies(request: PrefillRequest, _progress: Progress | None = None) 
     return run_prefill(loaded, request.prefill_config(), progress=_progress)
 
 
-__all__ = [
-    "METHODS", "PREFILL_KEY", "SWEEP_KEY", "TRIAL_KEY", "ConceptChoice", "PrefillRequest",
-    "SweepRequest", "TrialRequest", "concept_from", "concept_library", "lens_table",
-    "prefill_replies", "reply_counts", "residual_norms", "sweep_library", "sweep_trials",
-    "trial_config_from", "trial_run",
+__all__ = [  # the requests are re-exported: the page's modules reach everything through here
+    "METHODS", "NORMS_KEY", "PREFILL_KEY", "SWEEP_KEY", "TRIAL_KEY", "ConceptChoice",
+    "PrefillRequest", "SweepRequest", "TrialRequest", "concept_from", "concept_library",
+    "known_norm", "lens_table", "prefill_replies", "remember_norms", "reply_counts",
+    "residual_norms", "sweep_library", "sweep_trials", "trial_config_from", "trial_run",
 ]
