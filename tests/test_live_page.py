@@ -35,14 +35,15 @@ DEFAULT_LAYERS = 30
 
 
 def random_bundle(hidden: int, *, layer: int = 15, bias: float = 0.0, threshold: float = 0.5,
-                  seed: int = 0, step_threshold: float = 0.5) -> ProbeBundle:
+                  seed: int = 0, step_threshold: float = 0.5,
+                  step_bias: float = 0.0) -> ProbeBundle:
     """A step probe and a prefix tracker with random weights (as in tests/test_monitor.py)."""
     rng = np.random.default_rng(seed)
     meta = ProbeMeta(model="default", model_name="test-probe-model", hidden_size=hidden,
                      layer=layer, step_pooling="exp", tracker_pooling="causal",
                      baseline_pooling="prefix_mean", step_input=True, threshold=threshold,
                      step_threshold=step_threshold, data_hash="test")
-    return ProbeBundle(meta=meta, step=LinearProbe(rng.normal(size=hidden) * 3, 0.0),
+    return ProbeBundle(meta=meta, step=LinearProbe(rng.normal(size=hidden) * 3, step_bias),
                        tracker=LinearProbe(rng.normal(size=hidden + 1) * 3, bias, 1))
 
 
@@ -231,9 +232,10 @@ def test_backtracking_run_on_default_model_ends_with_summary(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
     monkeypatch.setattr(dstate, "shipped_probes", lambda *_: [])
-    # a large tracker bias: every step alarms, so each is retried once, then the least
-    # alarming attempt is kept
-    save_probe(tmp_path / "alarming", random_bundle(DEFAULT_HIDDEN, bias=8.0, threshold=0.5))
+    # large biases: every step's c_step is over its threshold, so every step alarms, is retried
+    # once, then the least alarming attempt is kept
+    save_probe(tmp_path / "alarming", random_bundle(DEFAULT_HIDDEN, bias=8.0, threshold=0.5,
+                                                    step_bias=20.0))
     at = use_probe_path(open_live(), tmp_path / "alarming")
     at.text_area(key=live.PROMPT_KEY).input("Count: 1\n2\n3\n4\n5\n6\n7").run()
     at.radio(key=live.MODE_KEY).set_value("backtrack").run()
