@@ -130,7 +130,7 @@ def _badge(label: str, on: bool) -> str:
     colour = "rgba(84, 162, 75, 0.22)" if on else "rgba(140, 140, 140, 0.15)"
     sign = "✓" if on else "✗"
     return (f'<span style="background:{colour};border-radius:9px;padding:1px 7px;'
-            f'margin-right:4px;font-size:0.8rem;white-space:nowrap">{sign} {label}</span>')
+            f'font-size:0.8rem;white-space:nowrap">{sign} {label}</span>')
 
 
 YES_NO_MARKS = (("coherent", "coherent"), ("answer_yes", "says yes"))
@@ -152,7 +152,8 @@ def trial_card_html(row: Mapping[str, Any]) -> str:
         badges = "".join(_badge(label, bool(row.get(key))) for key, label in GRADE_MARKS)
         body = reply_html(str(row.get("reply") or ""), row.get("claim_at"),
                           row.get("concept_at"), concept)
-    return (f'<div style="margin-bottom:6px">{badges}</div>'
+    # the badges wrap onto a second line in a narrow card instead of running over its edge
+    return (f'<div style="display:flex;flex-wrap:wrap;gap:4px;margin-bottom:6px">{badges}</div>'
             f'<div style="white-space:pre-wrap;line-height:1.5;font-size:0.95rem">{body}</div>')
 
 
