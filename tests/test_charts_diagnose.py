@@ -208,7 +208,7 @@ def test_metrics_table_puts_probes_beside_baselines_with_their_lead() -> None:
     assert table.columns.tolist() == ["scores", "step_auroc", "step_auprc", "prefix_auroc",
                                       "final_auroc", "step_f1", "step_lead", "final_lead"]
     assert table["scores"].tolist() == ["probes (step probe, prefix tracker)", "mean NLL",
-                                        "text-only classifier (the words, no hidden state)"]
+                                        "text-only classifier (no hidden state)"]
     assert table["step_auroc"].tolist() == [0.9, 0.6, 0.85]
     assert table["final_auroc"].isna().tolist() == [True, True, False]  # unsupported: empty, not 0
     assert math.isnan(table["step_f1"][1])
@@ -234,14 +234,14 @@ def test_metrics_table_puts_probes_beside_baselines_with_their_lead() -> None:
 
 def test_lead_sentence_says_whether_the_probes_beat_the_words() -> None:
     text = lead_sentence(report(INTERVALS), "text")
-    assert text == ("Probes' lead over the text-only classifier (the words, no hidden state): "
+    assert text == ("Probes' lead over the text-only classifier (no hidden state): "
                     "step AUROC +0.050 (95% interval -0.020 to +0.110). On this file the "
                     "probes are not shown to differ at the step level.")
     assert lead_sentence(report(INTERVALS), "mean_nll") is not None and \
         "ahead at the step level" in str(lead_sentence(report(INTERVALS), "mean_nll"))
+    # without intervals: the lead alone, no verdict
     assert lead_sentence(report(), "text") == ("Probes' lead over the text-only classifier "
-                                               "(the words, no hidden state): step AUROC "
-                                               "+0.050.")  # no intervals: no verdict
+                                               "(no hidden state): step AUROC +0.050.")
     assert lead_sentence(report(), "last_token") is None  # not in the report
     assert missing_key_baselines(report()) == ["last-token probe"]
 
@@ -275,7 +275,7 @@ def test_roc_figure_names_each_scorer_with_its_auroc() -> None:
     fig = roc_figure({"text": Curve(np.array([0, 1.0]), np.array([0, 1.0]), 0.5),
                       "last_token": Curve(np.array([0, 1.0]), np.array([0, 1.0]), 0.5)}, "x")
     assert [t.name for t in fig.data][1:] == [
-        "text-only classifier (the words, no hidden state) (0.500)", "last-token probe (0.500)"]
+        "text-only classifier (no hidden state) (0.500)", "last-token probe (0.500)"]
     assert fig.data[1].line.dash == "dash" and fig.data[2].line.dash == "solid"
 
 

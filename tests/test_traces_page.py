@@ -96,9 +96,13 @@ def test_corpus_shows_the_text_only_classifier_and_last_token_probe_with_leads(
     button(at, "Train probe").click().run()
     button(at, "Score with this probe").click().run()
     assert not at.exception and not at.error
-    corpus = next(d.value for d in at.dataframe if "step_lead" in d.value.columns)
-    rows = corpus.set_index("scores")
-    text = "text-only classifier (the words, no hidden state)"
+    shown = next(d for d in at.dataframe if "step_lead" in d.value.columns)
+    config = json.loads(shown.proto.columns)  # what the browser gets: titles on every column
+    assert {c: config[c]["label"] for c in ("step_auroc", "step_lead", "final_lead")} == {
+        "step_auroc": "step AUROC (95% interval)", "step_lead": "probes' lead, step AUROC",
+        "final_lead": "probes' lead, final AUROC"}
+    rows = shown.value.set_index("scores")
+    text = "text-only classifier (no hidden state)"
     assert {text, "last-token probe"} <= set(rows.index)
 
     def number(cell: str) -> float:

@@ -26,7 +26,7 @@ SCORER_TITLES: dict[str, str] = {
     "min_prob": "1 - min token probability",
     "global_mean_probe": "global-mean-pooled probe",
     "last_token": "last-token probe",
-    "text": "text-only classifier (the words, no hidden state)",
+    "text": "text-only classifier (no hidden state)",
 }
 KEY_BASELINES = ("text", "last_token")  # the two every probe file should carry
 SCORER_COLOURS: dict[str, str] = {

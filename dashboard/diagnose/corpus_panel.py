@@ -20,6 +20,9 @@ ROC_LEVELS = {"step": "steps (step probe vs step labels)",
               "final": "whole chains (prefix score at the last step)",
               "prefix": "every prefix (prefix score vs prefix labels)"}
 SCORE_FORMAT = "%.3f"
+# pixels: the scorer's name and the AUROCs and leads with their intervals fit without scrolling
+COLUMN_WIDTHS = {"scores": 240, "step_auroc": 170, "step_lead": 165, "final_auroc": 170,
+                 "final_lead": 165}
 
 
 def show_metrics(scored: ScoredFile, report: EvaluationReport) -> pd.DataFrame:
@@ -35,8 +38,7 @@ def show_metrics(scored: ScoredFile, report: EvaluationReport) -> pd.DataFrame:
     st.dataframe(cd.shown_table(table).style.apply(lambda r: [
         "background-color: rgba(242, 183, 1, 0.14)" if r["scores"] in key_rows else ""
         for _ in r], axis=1), hide_index=True, column_config={
-            title: st.column_config.TextColumn(title, width="medium" if key in (
-                "scores", "step_auroc", "step_lead", "final_auroc", "final_lead") else "small")
+            key: st.column_config.TextColumn(title, width=COLUMN_WIDTHS.get(key, "small"))
             for key, title in cd.SHOWN_TITLES.items()})
     counts = report.final_counts
     n_problems = (report.intervals or {}).get("n_problems")
