@@ -204,3 +204,16 @@ def board() -> Board:
 
 
 __all__ = ["MAX_FINISHED", "Board", "Job", "board"]
+
+
+def session_job(state_key: str) -> Job[Any] | None:
+    """The job whose key this session keeps under `state_key` (None when there is none)."""
+    return board().get(st.session_state.get(state_key))
+
+
+def stop_session_job(state_key: str) -> None:
+    """Ask the session's job under `state_key` to stop (an on_click: it runs first thing in the
+    rerun the press starts)."""
+    job = session_job(state_key)
+    if job is not None:
+        job.stop()

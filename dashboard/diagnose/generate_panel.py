@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.traces import Trace, traces_to_jsonl
-from dashboard.common.jobs import Job, board
+from dashboard.common.jobs import Job, board, session_job, stop_session_job
 from dashboard.common.runs import Run, with_model
 from dashboard.common.widgets import download
 from dashboard.diagnose import generate_inputs
@@ -39,14 +39,12 @@ CHAIN_SOURCES = {"file": "a trace file",
 
 
 def current_job() -> Job[Any] | None:
-    return board().get(st.session_state.get(JOB_KEY))
+    return session_job(JOB_KEY)
 
 
 def stop_current_job() -> None:
-    """on_click of Stop: runs first thing in the rerun the press starts."""
-    job = current_job()
-    if job is not None:
-        job.stop()
+    """on_click of Stop."""
+    stop_session_job(JOB_KEY)
 
 
 def start_pressed(plan: Plan | None) -> None:

@@ -18,7 +18,7 @@ import streamlit as st
 from core.diagnose.monitor import MonitorConfig
 from core.diagnose.probes import ProbeBundle, probe_paths
 from dashboard.common import state
-from dashboard.common.jobs import Job, board
+from dashboard.common.jobs import Job, session_job, stop_session_job
 from dashboard.common.runs import Run, with_model
 from dashboard.common.state import NO_MODEL
 from dashboard.diagnose import live_state
@@ -215,14 +215,12 @@ def choose_sampling(mode: str) -> dict[str, float | int]:
 
 
 def current_job() -> Job[Any] | None:
-    return board().get(st.session_state.get(JOB_KEY))
+    return session_job(JOB_KEY)
 
 
 def stop_current_job() -> None:
-    """on_click of Stop: runs first thing in the rerun the press starts."""
-    job = current_job()
-    if job is not None:
-        job.stop()
+    """on_click of Stop."""
+    stop_session_job(JOB_KEY)
 
 
 def monitor_config(mode: str, alarm: tuple[str, float | None, float],
